@@ -1,0 +1,71 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/spf13/cobra"
+)
+
+// globalOptions are the flags every command has.
+type globalOptions struct {
+	logFormat string
+	logLevel  string
+	json      bool
+}
+
+var globals globalOptions
+
+func newRootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "holdfast",
+		Short:         "holdfast is a data-protection fabric: backup, CDP, VM DR, failover and bulk transfer",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			return setupLogging(cmd.ErrOrStderr())
+		},
+	}
+	pf := root.PersistentFlags()
+	pf.StringVar(&globals.logFormat, "log-format", "text", "log format: text or json")
+	pf.StringVar(&globals.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	pf.BoolVar(&globals.json, "json", false, "print machine-readable JSON output")
+
+	// Each command group lives in its own file as newXCommand.
+	root.AddCommand(
+		newVersionCommand(),
+	)
+	return root
+}
+
+func setupLogging(w io.Writer) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(globals.logLevel)); err != nil {
+		return fmt.Errorf("parsing --log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler
+	switch globals.logFormat {
+	case "text":
+		h = slog.NewTextHandler(w, opts)
+	case "json":
+		h = slog.NewJSONHandler(w, opts)
+	default:
+		return fmt.Errorf("unknown --log-format %q (want text or json)", globals.logFormat)
+	}
+	slog.SetDefault(slog.New(h))
+	return nil
+}
+
+// logger returns the process logger configured by the global flags.
+func logger() *slog.Logger { return slog.Default() }
+
+// printJSON writes v as indented JSON to w.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
