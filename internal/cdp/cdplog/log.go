@@ -1,0 +1,502 @@
+package cdplog
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+)
+
+// DefaultSegmentBytes is the size at which a new segment is started. Folding
+// (retention) drops whole segments.
+const DefaultSegmentBytes = 64 << 20
+
+// ErrNotHeld reports a sequence number no longer (or not yet) in the log.
+var ErrNotHeld = errors.New("sequence number not held in the log")
+
+// Options tune a Log.
+type Options struct {
+	// SegmentBytes is the size at which the log rolls to a new segment.
+	SegmentBytes int64
+}
+
+// Meta is what the log keeps in memory about each record.
+type Meta struct {
+	Seq    uint64
+	Time   time.Time
+	Kind   Kind
+	Offset uint64
+	Length uint64
+	Label  string // marks only
+	seg    int    // index into Log.segs
+	pos    int64  // offset of the record header in its segment
+}
+
+type segment struct {
+	first uint64 // first sequence number the segment holds (its name)
+	last  uint64 // last sequence number it holds; first-1 when empty
+	f     *os.File
+	size  int64
+}
+
+// Log is an open CDP log. It is safe for concurrent use.
+type Log struct {
+	dir    string
+	opts   Options
+	logger *slog.Logger
+
+	mu       sync.RWMutex
+	segs     []*segment
+	metas    []Meta // metas[i].Seq == first + i
+	first    uint64 // first sequence number held
+	next     uint64 // sequence number the next record gets
+	index    map[uint64][]uint64
+	bytes    int64 // total bytes in segments
+	buf      []byte
+	dataSize int64 // bytes of write data appended since open (stats)
+}
+
+func segName(first uint64) string { return fmt.Sprintf("seg-%016x.log", first) }
+
+// Open opens (creating if needed) the log in dir, replays it to rebuild the
+// index and truncates a torn tail. start is the sequence number the first
+// record gets when the log is empty (1 for a new volume, foldSeq+1 after
+// all segments were folded).
+func Open(dir string, start uint64, opts Options, logger *slog.Logger) (*Log, error) {
+	if opts.SegmentBytes <= 0 {
+		opts.SegmentBytes = DefaultSegmentBytes
+	}
+	if start == 0 {
+		start = 1
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating log directory %s: %w", dir, err)
+	}
+	l := &Log{dir: dir, opts: opts, logger: logger, index: make(map[uint64][]uint64), first: start, next: start}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("listing log directory %s: %w", dir, err)
+	}
+	var names []string
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "seg-") && strings.HasSuffix(e.Name(), ".log") {
+			names = append(names, e.Name())
+		}
+	}
+	sort.Strings(names)
+	for i, name := range names {
+		var first uint64
+		if _, err := fmt.Sscanf(name, "seg-%016x.log", &first); err != nil {
+			l.closeFiles()
+			return nil, fmt.Errorf("log segment name %s: %w", name, err)
+		}
+		if i == 0 {
+			l.first, l.next = first, first
+		}
+		if first != l.next {
+			l.closeFiles()
+			return nil, fmt.Errorf("log segment %s starts at %d, expected %d: %w", name, first, l.next, ErrCorrupt)
+		}
+		last := i == len(names)-1
+		if err := l.loadSegment(filepath.Join(dir, name), first, last); err != nil {
+			l.closeFiles()
+			return nil, err
+		}
+	}
+	if len(l.segs) == 0 {
+		if err := l.newSegment(); err != nil {
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+func (l *Log) loadSegment(path string, first uint64, last bool) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0o600)
+	if err != nil {
+		return fmt.Errorf("opening log segment: %w", err)
+	}
+	s := &segment{first: first, last: first - 1, f: f}
+	l.segs = append(l.segs, s)
+	segIdx := len(l.segs) - 1
+	br := bufio.NewReaderSize(f, 1<<20)
+	var pos int64
+	hbuf := make([]byte, HeaderSize)
+	var data []byte
+	for {
+		rec, n, err := readRecord(br, hbuf, &data)
+		if err == io.EOF {
+			break
+		}
+		if err == nil && rec.Seq != l.next {
+			err = fmt.Errorf("record seq %d, expected %d: %w", rec.Seq, l.next, ErrCorrupt)
+		}
+		if err != nil {
+			if !last {
+				return fmt.Errorf("log segment %s at offset %d: %w", path, pos, err)
+			}
+			l.logger.Warn("truncating torn tail of CDP log", "segment", path, "offset", pos, "err", err)
+			if terr := f.Truncate(pos); terr != nil {
+				return fmt.Errorf("truncating torn tail of %s: %w", path, terr)
+			}
+			break
+		}
+		l.addMeta(&rec, segIdx, pos)
+		s.last = rec.Seq
+		pos += int64(n)
+	}
+	s.size = pos
+	l.bytes += pos
+	if _, err := f.Seek(pos, io.SeekStart); err != nil {
+		return fmt.Errorf("seeking log segment %s: %w", path, err)
+	}
+	return nil
+}
+
+// readRecord reads one record; io.EOF at a clean end, another error for a
+// torn or corrupt record.
+func readRecord(r io.Reader, hbuf []byte, data *[]byte) (Record, int, error) {
+	n, err := io.ReadFull(r, hbuf)
+	if err == io.EOF {
+		return Record{}, 0, io.EOF
+	}
+	if err != nil {
+		return Record{}, 0, fmt.Errorf("short header (%d bytes): %w", n, ErrCorrupt)
+	}
+	hd, err := parseHeader(hbuf)
+	if err != nil {
+		return Record{}, 0, err
+	}
+	need := HeaderSize + int(hd.dataLen)
+	if cap(*data) < need {
+		*data = make([]byte, need)
+	}
+	b := (*data)[:need]
+	copy(b, hbuf)
+	if _, err := io.ReadFull(r, b[HeaderSize:]); err != nil {
+		return Record{}, 0, fmt.Errorf("record %d data truncated: %w", hd.seq, ErrCorrupt)
+	}
+	return DecodeRecord(b)
+}
+
+func (l *Log) addMeta(r *Record, seg int, pos int64) {
+	m := Meta{Seq: r.Seq, Time: r.Time, Kind: r.Kind, Offset: r.Offset, Length: r.Length, seg: seg, pos: pos}
+	if r.Kind == KindMark {
+		m.Label = string(r.Data)
+	}
+	l.metas = append(l.metas, m)
+	if r.Kind == KindWrite || r.Kind == KindZero {
+		for b := r.Offset / BlockSize; b < (r.Offset+r.Length)/BlockSize; b++ {
+			l.index[b] = append(l.index[b], r.Seq)
+		}
+	}
+	l.next = r.Seq + 1
+}
+
+func (l *Log) newSegment() error {
+	path := filepath.Join(l.dir, segName(l.next))
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("creating log segment: %w", err)
+	}
+	l.segs = append(l.segs, &segment{first: l.next, last: l.next - 1, f: f})
+	if err := syncDir(l.dir); err != nil {
+		return err
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("opening directory %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("syncing directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Append writes r to the log. A zero r.Seq gets the next sequence number; a
+// non-zero one (a replica receiving records) must equal NextSeq. A zero
+// r.Time gets the current time. On error nothing is left in the log.
+func (l *Log) Append(r *Record) (uint64, error) {
+	if err := r.Validate(); err != nil {
+		return 0, err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if r.Seq == 0 {
+		r.Seq = l.next
+	} else if r.Seq != l.next {
+		return 0, fmt.Errorf("appending record %d, log expects %d: %w", r.Seq, l.next, ErrNotHeld)
+	}
+	if r.Time.IsZero() {
+		r.Time = time.Now().UTC()
+	}
+	s := l.segs[len(l.segs)-1]
+	if s.size >= l.opts.SegmentBytes {
+		if err := s.f.Sync(); err != nil {
+			return 0, fmt.Errorf("syncing full log segment: %w", err)
+		}
+		if err := l.newSegment(); err != nil {
+			return 0, err
+		}
+		s = l.segs[len(l.segs)-1]
+	}
+	l.buf = r.AppendBinary(l.buf[:0])
+	n, err := s.f.WriteAt(l.buf, s.size)
+	if err != nil {
+		if n > 0 {
+			if terr := s.f.Truncate(s.size); terr != nil {
+				l.logger.Error("truncating failed log append", "err", terr)
+			}
+		}
+		return 0, fmt.Errorf("appending log record %d: %w", r.Seq, err)
+	}
+	l.addMeta(r, len(l.segs)-1, s.size)
+	s.size += int64(n)
+	s.last = r.Seq
+	l.bytes += int64(n)
+	if r.Kind == KindWrite {
+		l.dataSize += int64(len(r.Data))
+	}
+	return r.Seq, nil
+}
+
+// Sync makes everything appended so far durable.
+func (l *Log) Sync() error {
+	l.mu.RLock()
+	s := l.segs[len(l.segs)-1]
+	l.mu.RUnlock()
+	if err := s.f.Sync(); err != nil {
+		return fmt.Errorf("syncing CDP log: %w", err)
+	}
+	return nil
+}
+
+// FirstSeq is the oldest sequence number held; NextSeq the one the next
+// record gets. The log holds [FirstSeq, NextSeq).
+func (l *Log) FirstSeq() uint64 { l.mu.RLock(); defer l.mu.RUnlock(); return l.first }
+
+// NextSeq returns the sequence number the next appended record gets.
+func (l *Log) NextSeq() uint64 { l.mu.RLock(); defer l.mu.RUnlock(); return l.next }
+
+// Bytes is the size of the log on disk.
+func (l *Log) Bytes() int64 { l.mu.RLock(); defer l.mu.RUnlock(); return l.bytes }
+
+// LatestSeq returns the newest record of block blk with sequence number
+// <= atSeq, or 0 if the log holds none.
+func (l *Log) LatestSeq(blk, atSeq uint64) uint64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.latestLocked(blk, atSeq)
+}
+
+func (l *Log) latestLocked(blk, atSeq uint64) uint64 {
+	seqs := l.index[blk]
+	i := sort.Search(len(seqs), func(i int) bool { return seqs[i] > atSeq })
+	if i == 0 {
+		return 0
+	}
+	return seqs[i-1]
+}
+
+// ReadBlock fills p (BlockSize bytes) with block blk as of sequence number
+// atSeq, from the newest record of it at or before atSeq. It returns false
+// when the log holds no such record (the caller reads a lower layer).
+func (l *Log) ReadBlock(blk, atSeq uint64, p []byte) (bool, error) {
+	l.mu.RLock()
+	seq := l.latestLocked(blk, atSeq)
+	if seq == 0 {
+		l.mu.RUnlock()
+		return false, nil
+	}
+	m := l.metas[seq-l.first]
+	f := l.segs[m.seg].f
+	l.mu.RUnlock()
+	if m.Kind == KindZero {
+		clear(p[:BlockSize])
+		return true, nil
+	}
+	off := m.pos + HeaderSize + int64(blk*BlockSize-m.Offset)
+	if _, err := f.ReadAt(p[:BlockSize], off); err != nil {
+		return false, fmt.Errorf("reading block %d of record %d: %w", blk, seq, err)
+	}
+	return true, nil
+}
+
+// Meta returns what the log knows of record seq.
+func (l *Log) Meta(seq uint64) (Meta, bool) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if seq < l.first || seq >= l.next {
+		return Meta{}, false
+	}
+	return l.metas[seq-l.first], true
+}
+
+// Metas calls fn for each record from seq from on, in order, until fn
+// returns false.
+func (l *Log) Metas(from uint64, fn func(Meta) bool) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if from < l.first {
+		from = l.first
+	}
+	for s := from; s < l.next; s++ {
+		if !fn(l.metas[s-l.first]) {
+			return
+		}
+	}
+}
+
+// SeqAt returns the newest sequence number whose time is <= t (0 if none).
+func (l *Log) SeqAt(t time.Time) uint64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	i := sort.Search(len(l.metas), func(i int) bool { return l.metas[i].Time.After(t) })
+	if i == 0 {
+		return 0
+	}
+	return l.metas[i-1].Seq
+}
+
+// Records reads whole records from seq from on, at most maxBytes of data
+// (at least one record if any).
+func (l *Log) Records(from uint64, maxBytes int) ([]Record, error) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if from < l.first {
+		return nil, fmt.Errorf("reading records from %d, log starts at %d: %w", from, l.first, ErrNotHeld)
+	}
+	var out []Record
+	total := 0
+	for s := from; s < l.next; s++ {
+		m := l.metas[s-l.first]
+		if len(out) > 0 && total+int(m.Length) > maxBytes {
+			break
+		}
+		r := Record{Seq: m.Seq, Time: m.Time, Kind: m.Kind, Offset: m.Offset, Length: m.Length}
+		switch m.Kind {
+		case KindWrite:
+			r.Data = make([]byte, m.Length)
+			if _, err := l.segs[m.seg].f.ReadAt(r.Data, m.pos+HeaderSize); err != nil {
+				return nil, fmt.Errorf("reading record %d: %w", s, err)
+			}
+			total += int(m.Length)
+		case KindMark:
+			r.Data = []byte(m.Label)
+		}
+		total += HeaderSize
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// Segments returns the [first, last] sequence ranges of the segments.
+func (l *Log) Segments() [][2]uint64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	out := make([][2]uint64, len(l.segs))
+	for i, s := range l.segs {
+		out[i] = [2]uint64{s.first, s.last}
+	}
+	return out
+}
+
+// Fold drops the oldest segments whose records are all older than before
+// (by time) and have sequence numbers <= maxSeq, never the segment being
+// written. apply is called for every dropped write and zero record, oldest
+// first, before anything is removed, so the caller can fold them into a base
+// image; if apply fails nothing is dropped. It returns the last sequence
+// number dropped (0 if none).
+func (l *Log) Fold(before time.Time, maxSeq uint64, apply func(Record) error) (uint64, error) {
+	l.mu.RLock()
+	n := 0
+	for n < len(l.segs)-1 {
+		s := l.segs[n]
+		if s.last >= s.first && (s.last > maxSeq || !l.metas[s.last-l.first].Time.Before(before)) {
+			break
+		}
+		n++
+	}
+	var upTo uint64
+	if n > 0 {
+		upTo = l.segs[n-1].last
+	}
+	first := l.first
+	l.mu.RUnlock()
+	if n == 0 || upTo < first {
+		return 0, nil
+	}
+	for seq := first; seq <= upTo; seq++ {
+		recs, err := l.Records(seq, 1)
+		if err != nil {
+			return 0, err
+		}
+		r := recs[0]
+		if r.Kind == KindWrite || r.Kind == KindZero {
+			if err := apply(r); err != nil {
+				return 0, fmt.Errorf("folding record %d: %w", seq, err)
+			}
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, m := range l.metas[:upTo-l.first+1] {
+		if m.Kind != KindWrite && m.Kind != KindZero {
+			continue
+		}
+		for b := m.Offset / BlockSize; b < (m.Offset+m.Length)/BlockSize; b++ {
+			seqs := l.index[b]
+			i := sort.Search(len(seqs), func(i int) bool { return seqs[i] > upTo })
+			if i == len(seqs) {
+				delete(l.index, b)
+			} else if i > 0 {
+				l.index[b] = append([]uint64(nil), seqs[i:]...)
+			}
+		}
+	}
+	for _, s := range l.segs[:n] {
+		s.f.Close()
+		if err := os.Remove(filepath.Join(l.dir, segName(s.first))); err != nil {
+			return 0, fmt.Errorf("removing folded segment: %w", err)
+		}
+		l.bytes -= s.size
+	}
+	l.metas = append([]Meta(nil), l.metas[upTo-l.first+1:]...)
+	l.segs = append([]*segment(nil), l.segs[n:]...)
+	for i := range l.metas {
+		l.metas[i].seg -= n
+	}
+	l.first = upTo + 1
+	return upTo, nil
+}
+
+func (l *Log) closeFiles() {
+	for _, s := range l.segs {
+		s.f.Close()
+	}
+}
+
+// Close syncs and closes the log.
+func (l *Log) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var err error
+	if len(l.segs) > 0 {
+		err = l.segs[len(l.segs)-1].f.Sync()
+	}
+	l.closeFiles()
+	l.segs = nil
+	return err
+}
