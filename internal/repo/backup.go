@@ -1,0 +1,586 @@
+package repo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/user"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/holdfast/holdfast/internal/repo/backend"
+)
+
+// ErrPartial is returned (wrapped) by Backup when the snapshot was saved but
+// some files could not be read.
+var ErrPartial = errors.New("backup incomplete: some files could not be read")
+
+// BackupOptions configure a backup.
+type BackupOptions struct {
+	Tags     []string
+	Excludes []string // glob patterns matched against the base name and the full path
+	Hostname string   // default: os.Hostname()
+	// Parent is the snapshot to compare with; nil picks the latest snapshot
+	// of the same host and paths.
+	Parent *ID
+	// NoParent reads every file even if a parent snapshot exists.
+	NoParent bool
+	Time     time.Time // default: now
+	// Progress, if set, is called about four times a second.
+	Progress func(Progress)
+}
+
+// Progress reports a running backup or restore.
+type Progress struct {
+	Files      int64 `json:"files"`
+	Bytes      int64 `json:"bytes"`
+	TotalFiles int64 `json:"total_files,omitempty"`
+	TotalBytes int64 `json:"total_bytes,omitempty"`
+	Stored     int64 `json:"stored"`
+}
+
+// Summary describes a finished backup.
+type Summary struct {
+	Start           time.Time `json:"start"`
+	End             time.Time `json:"end"`
+	FilesNew        int64     `json:"files_new"`
+	FilesChanged    int64     `json:"files_changed"`
+	FilesUnmodified int64     `json:"files_unmodified"`
+	Dirs            int64     `json:"dirs"`
+	TotalFiles      int64     `json:"total_files"`
+	TotalBytes      int64     `json:"total_bytes"`
+	BytesRead       int64     `json:"bytes_read"`
+	DataBlobs       int64     `json:"data_blobs_added"`
+	TreeBlobs       int64     `json:"tree_blobs_added"`
+	DataAdded       int64     `json:"data_added"`
+	PacksStored     int64     `json:"packs_stored"`
+	BytesStored     int64     `json:"bytes_stored"`
+	Warnings        []string  `json:"warnings,omitempty"`
+}
+
+// future is a node whose content is still being saved.
+type future struct {
+	done chan struct{}
+	node *Node
+	skip bool // the entry could not be read and is left out
+	err  error
+}
+
+func doneFuture(n *Node) *future {
+	f := &future{done: make(chan struct{}), node: n}
+	close(f.done)
+	return f
+}
+
+type fileJob struct {
+	path string
+	fut  *future
+	prev bool // a parent version existed
+}
+
+type blobJob struct {
+	id   ID
+	data []byte
+	buf  *[]byte
+}
+
+type archiver struct {
+	r     *Repository
+	ctx   context.Context
+	opts  BackupOptions
+	pw    *packWriter
+	names *idNames
+	files chan fileJob
+	blobs chan blobJob
+	bufs  sync.Pool // read buffers, 2×max chunk
+	cbufs sync.Pool // chunk copies
+
+	filesDone, bytesRead, filesNew, filesChanged, filesUnmod, dirs atomic.Int64
+	totalBytes, dataBlobs, treeBlobs, dataAdded                   atomic.Int64
+
+	warnMu   sync.Mutex
+	warnings []string
+	failMu   sync.Mutex
+	fail     error
+}
+
+func (a *archiver) warn(path string, err error) {
+	a.warnMu.Lock()
+	a.warnings = append(a.warnings, fmt.Sprintf("%s: %v", path, err))
+	a.warnMu.Unlock()
+	a.r.log.Warn("skipping unreadable entry", "path", path, "err", err)
+}
+
+func (a *archiver) setFail(err error) {
+	a.failMu.Lock()
+	if a.fail == nil {
+		a.fail = err
+	}
+	a.failMu.Unlock()
+}
+
+func (a *archiver) failed() error {
+	a.failMu.Lock()
+	defer a.failMu.Unlock()
+	return a.fail
+}
+
+// testHookBackupBeforeSnapshot runs after all data is stored and before the
+// snapshot is written (tests use it to hold a backup in flight).
+var testHookBackupBeforeSnapshot func()
+
+// Backup saves paths as a new snapshot. It holds a shared lock for its
+// duration. If some entries could not be read the snapshot is still saved
+// and the error wraps ErrPartial.
+func (r *Repository) Backup(ctx context.Context, paths []string, opts BackupOptions) (*Snapshot, *Summary, error) {
+	if len(paths) == 0 {
+		return nil, nil, errors.New("backup: no paths given")
+	}
+	lock, err := r.Lock(ctx, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer lock.Unlock(context.WithoutCancel(ctx))
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		if err := lock.KeepFresh(ctx); err != nil && ctx.Err() == nil {
+			cancel(err)
+		}
+	}()
+	return r.backup(ctx, paths, opts)
+}
+
+func (r *Repository) backup(ctx context.Context, paths []string, opts BackupOptions) (*Snapshot, *Summary, error) {
+	start := time.Now()
+	if opts.Hostname == "" {
+		opts.Hostname, _ = os.Hostname()
+	}
+	if opts.Time.IsZero() {
+		opts.Time = start
+	}
+	for _, p := range opts.Excludes {
+		if _, err := filepath.Match(p, ""); err != nil {
+			return nil, nil, fmt.Errorf("backup: bad exclude pattern %q: %w", p, err)
+		}
+	}
+	abs := make([]string, 0, len(paths))
+	for _, p := range paths {
+		ap, err := filepath.Abs(p)
+		if err != nil {
+			return nil, nil, fmt.Errorf("backup: %w", err)
+		}
+		abs = append(abs, filepath.Clean(ap))
+	}
+	sort.Strings(abs)
+
+	sn := &Snapshot{Time: opts.Time.UTC(), Paths: abs, Hostname: opts.Hostname, Tags: opts.Tags, Excludes: opts.Excludes}
+	if u, err := user.Current(); err == nil {
+		sn.Username = u.Username
+	}
+	var parentRoot *Tree
+	if !opts.NoParent {
+		pid := opts.Parent
+		if pid == nil {
+			pid, _ = r.findParent(ctx, opts.Hostname, abs)
+		}
+		if pid != nil {
+			psn, err := r.LoadSnapshot(ctx, *pid)
+			if err != nil {
+				return nil, nil, fmt.Errorf("backup: parent: %w", err)
+			}
+			if parentRoot, err = r.LoadTree(ctx, psn.Tree); err != nil {
+				r.log.Warn("parent snapshot tree unreadable, reading all files", "err", err)
+				parentRoot = nil
+			}
+			sn.Parent = pid
+		}
+	}
+
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	a := &archiver{r: r, ctx: actx, opts: opts, names: newIDNames(),
+		files: make(chan fileJob, 64), blobs: make(chan blobJob, runtime.GOMAXPROCS(0))}
+	a.pw = r.newPackWriter(actx)
+	bufSize := 2 * r.cfg.Chunker.Max
+	a.bufs.New = func() any { b := make([]byte, bufSize); return &b }
+	a.cbufs.New = func() any { b := make([]byte, 0, r.cfg.Chunker.Max); return &b }
+
+	ncpu := runtime.GOMAXPROCS(0)
+	var fileWG, blobWG sync.WaitGroup
+	for i := 0; i < ncpu+2; i++ {
+		fileWG.Add(1)
+		go func() { defer fileWG.Done(); a.fileWorker() }()
+	}
+	for i := 0; i < ncpu; i++ {
+		blobWG.Add(1)
+		go func() { defer blobWG.Done(); a.blobWorker() }()
+	}
+	stopProgress := a.startProgress()
+
+	// Build the root tree: one entry per path, named by its base name.
+	root := &Tree{}
+	var futs []*future
+	used := map[string]int{}
+	for _, p := range abs {
+		fi, err := os.Lstat(p)
+		if err != nil {
+			a.warn(p, err)
+			continue
+		}
+		name := filepath.Base(p)
+		if name == "/" || name == "." {
+			name = "root"
+		}
+		if c := used[name]; c > 0 {
+			name = fmt.Sprintf("%s-%d", name, c)
+		}
+		used[filepath.Base(p)]++
+		futs = append(futs, a.walk(p, name, fi, parentRoot.Find(name)))
+	}
+	for _, f := range futs {
+		<-f.done
+		if f.err != nil {
+			a.setFail(f.err)
+		} else if !f.skip {
+			root.Nodes = append(root.Nodes, f.node)
+		}
+	}
+	close(a.files)
+	fileWG.Wait()
+	close(a.blobs)
+	blobWG.Wait()
+	stopProgress()
+	if err := errors.Join(a.failed(), ctx.Err()); err != nil {
+		a.pw.abort()
+		return nil, nil, fmt.Errorf("backup: %w", err)
+	}
+	if len(root.Nodes) == 0 {
+		a.pw.abort()
+		return nil, nil, fmt.Errorf("backup: nothing could be read: %s", strings.Join(a.warnings, "; "))
+	}
+	rootID, err := a.saveTree(root)
+	if err != nil {
+		a.pw.abort()
+		return nil, nil, fmt.Errorf("backup: %w", err)
+	}
+	if err := a.pw.finish(); err != nil {
+		return nil, nil, fmt.Errorf("backup: %w", err)
+	}
+	if testHookBackupBeforeSnapshot != nil {
+		testHookBackupBeforeSnapshot()
+	}
+	sn.Tree = rootID
+	sum := &Summary{Start: start, FilesNew: a.filesNew.Load(), FilesChanged: a.filesChanged.Load(),
+		FilesUnmodified: a.filesUnmod.Load(), Dirs: a.dirs.Load(), TotalFiles: a.filesDone.Load(),
+		TotalBytes: a.totalBytes.Load(), BytesRead: a.bytesRead.Load(), DataBlobs: a.dataBlobs.Load(),
+		TreeBlobs: a.treeBlobs.Load(), DataAdded: a.dataAdded.Load(),
+		PacksStored: int64(a.pw.packsStored), BytesStored: a.pw.bytesStored, Warnings: a.warnings}
+	sum.End = time.Now()
+	sn.Summary = sum
+	if err := r.saveSnapshot(ctx, sn); err != nil {
+		return nil, nil, err
+	}
+	r.log.Info("snapshot saved", "id", sn.ID.Short(), "files", sum.TotalFiles, "added", sum.DataAdded, "stored", sum.BytesStored, "duration", sum.End.Sub(start))
+	if len(a.warnings) > 0 {
+		return sn, sum, fmt.Errorf("snapshot %s saved, %d entries skipped: %w", sn.ID.Short(), len(a.warnings), ErrPartial)
+	}
+	return sn, sum, nil
+}
+
+// findParent returns the latest snapshot of host with the same paths.
+func (r *Repository) findParent(ctx context.Context, host string, paths []string) (*ID, error) {
+	snaps, err := r.Snapshots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	want := strings.Join(paths, "\x00")
+	for i := len(snaps) - 1; i >= 0; i-- {
+		s := snaps[i]
+		p := append([]string(nil), s.Paths...)
+		sort.Strings(p)
+		if s.Hostname == host && strings.Join(p, "\x00") == want {
+			id := s.ID
+			return &id, nil
+		}
+	}
+	return nil, nil
+}
+
+func (a *archiver) startProgress() func() {
+	if a.opts.Progress == nil {
+		return func() {}
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	report := func() {
+		a.pw.statMu.Lock()
+		stored := a.pw.bytesStored
+		a.pw.statMu.Unlock()
+		a.opts.Progress(Progress{Files: a.filesDone.Load(), Bytes: a.bytesRead.Load() + a.totalBytes.Load() - a.bytesRead.Load(), Stored: stored})
+	}
+	go func() {
+		defer close(done)
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				report()
+			case <-stop:
+				report()
+				return
+			}
+		}
+	}()
+	return func() { close(stop); <-done }
+}
+
+func (a *archiver) excluded(path, name string) bool {
+	for _, p := range a.opts.Excludes {
+		if ok, _ := filepath.Match(p, name); ok {
+			return true
+		}
+		if ok, _ := filepath.Match(p, path); ok {
+			return true
+		}
+		if strings.HasSuffix(p, "/") || !strings.ContainsAny(p, "*?[") {
+			if path == strings.TrimSuffix(p, "/") || strings.HasPrefix(path, strings.TrimSuffix(p, "/")+"/") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// unchanged reports whether a file's parent version can be reused.
+func (a *archiver) unchanged(prev, n *Node) bool {
+	if prev == nil || prev.Type != NodeFile || prev.Size != n.Size || !prev.ModTime.Equal(n.ModTime) ||
+		!prev.ChangeTime.Equal(n.ChangeTime) || prev.Inode != n.Inode {
+		return false
+	}
+	for _, id := range prev.Content {
+		if !a.r.idx.has(id) {
+			return false
+		}
+	}
+	return true
+}
+
+// walk saves the entry at path (with name in its tree) and returns a
+// future for its node. prev is the entry's node in the parent snapshot.
+func (a *archiver) walk(path, name string, fi os.FileInfo, prev *Node) *future {
+	n, err := nodeFromInfo(path, fi, a.names)
+	if err != nil {
+		a.warn(path, err)
+		return &future{done: closedChan, skip: true}
+	}
+	n.Name = name
+	switch n.Type {
+	case NodeFile:
+		a.totalBytes.Add(n.Size)
+		if a.unchanged(prev, n) {
+			n.Content = prev.Content
+			a.filesUnmod.Add(1)
+			a.filesDone.Add(1)
+			return doneFuture(n)
+		}
+		f := &future{done: make(chan struct{}), node: n}
+		select {
+		case a.files <- fileJob{path: path, fut: f, prev: prev != nil}:
+		case <-a.ctx.Done():
+			f.err = a.ctx.Err()
+			close(f.done)
+		}
+		return f
+	case NodeDir:
+		return a.walkDir(path, n, prev)
+	}
+	return doneFuture(n)
+}
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+func (a *archiver) walkDir(path string, n *Node, prev *Node) *future {
+	a.dirs.Add(1)
+	f := &future{done: make(chan struct{}), node: n}
+	var prevTree *Tree
+	if prev != nil && prev.Type == NodeDir && prev.Subtree != nil {
+		t, err := a.r.LoadTree(a.ctx, *prev.Subtree)
+		if err == nil {
+			prevTree = t
+		}
+	}
+	ents, err := os.ReadDir(path)
+	if err != nil {
+		a.warn(path, err)
+	}
+	var children []*future
+	for _, e := range ents {
+		if a.ctx.Err() != nil {
+			break
+		}
+		cp := filepath.Join(path, e.Name())
+		if a.excluded(cp, e.Name()) {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil {
+			a.warn(cp, err)
+			continue
+		}
+		children = append(children, a.walk(cp, e.Name(), fi, prevTree.Find(e.Name())))
+	}
+	go func() {
+		defer close(f.done)
+		t := &Tree{Nodes: make([]*Node, 0, len(children))}
+		for _, c := range children {
+			<-c.done
+			if c.err != nil {
+				f.err = c.err
+				return
+			}
+			if !c.skip {
+				t.Nodes = append(t.Nodes, c.node)
+			}
+		}
+		id, err := a.saveTree(t)
+		if err != nil {
+			f.err = err
+			return
+		}
+		n.Subtree = &id
+	}()
+	return f
+}
+
+func (a *archiver) saveTree(t *Tree) (ID, error) {
+	b, err := encodeTree(t)
+	if err != nil {
+		return ID{}, fmt.Errorf("encoding tree: %w", err)
+	}
+	id := a.r.blobID(b)
+	stored, err := a.pw.saveBlob(TreeBlob, id, b)
+	if err != nil {
+		return id, err
+	}
+	if stored {
+		a.treeBlobs.Add(1)
+	}
+	return id, nil
+}
+
+func (a *archiver) fileWorker() {
+	for job := range a.files {
+		err := a.saveFile(job)
+		if err != nil {
+			if a.ctx.Err() != nil || a.pw.getErr() != nil {
+				job.fut.err = errors.Join(a.ctx.Err(), a.pw.getErr(), err)
+			} else {
+				a.warn(job.path, err)
+				job.fut.skip = true
+			}
+		} else {
+			a.filesDone.Add(1)
+			if job.prev {
+				a.filesChanged.Add(1)
+			} else {
+				a.filesNew.Add(1)
+			}
+		}
+		close(job.fut.done)
+	}
+}
+
+func openNoAtime(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOATIME, 0)
+	if err != nil && errors.Is(err, syscall.EPERM) {
+		return os.Open(path)
+	}
+	return f, err
+}
+
+func (a *archiver) saveFile(job fileJob) error {
+	f, err := openNoAtime(job.path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	bp := a.bufs.Get().(*[]byte)
+	defer a.bufs.Put(bp)
+	buf := *bp
+	max := a.r.cfg.Chunker.Max
+	var content []ID
+	start, end := 0, 0
+	eof := false
+	var size int64
+	for {
+		// Fill until a whole maximum chunk is buffered or the file ends.
+		for !eof && end-start < max {
+			if end == len(buf) {
+				copy(buf, buf[start:end])
+				end -= start
+				start = 0
+			}
+			k, err := f.Read(buf[end:])
+			end += k
+			size += int64(k)
+			a.bytesRead.Add(int64(k))
+			if err == io.EOF {
+				eof = true
+			} else if err != nil {
+				return err
+			}
+		}
+		if start == end {
+			break
+		}
+		if err := a.ctx.Err(); err != nil {
+			return err
+		}
+		cut := a.r.chunker.Boundary(buf[start:end])
+		chunk := buf[start : start+cut]
+		start += cut
+		id := a.r.blobID(chunk)
+		content = append(content, id)
+		if a.r.idx.reserve(id) {
+			cp := a.cbufs.Get().(*[]byte)
+			data := append((*cp)[:0], chunk...)
+			a.dataBlobs.Add(1)
+			a.dataAdded.Add(int64(len(chunk)))
+			select {
+			case a.blobs <- blobJob{id: id, data: data, buf: cp}:
+			case <-a.ctx.Done():
+				return a.ctx.Err()
+			}
+		}
+	}
+	job.fut.node.Size = size
+	job.fut.node.Content = content
+	return nil
+}
+
+func (a *archiver) blobWorker() {
+	for j := range a.blobs {
+		if a.pw.getErr() != nil || a.ctx.Err() != nil {
+			continue
+		}
+		enc := a.r.crypt.seal(nil, a.r.frame(j.data))
+		*j.buf = j.data[:0]
+		a.cbufs.Put(j.buf)
+		if err := a.pw.addEncrypted(DataBlob, j.id, enc, len(j.data)); err != nil {
+			a.pw.setErr(err)
+		}
+	}
+}
+
+// ensure backend import is used for documentation links.
+var _ backend.Handle

@@ -1,0 +1,60 @@
+package repo
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestBackupRestoreRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	r, dir := newTestRepo(t)
+	src := filepath.Join(t.TempDir(), "src")
+	makeTree(t, src, 1)
+	sn, sum, err := r.Backup(ctx, []string{src}, BackupOptions{Tags: []string{"t1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.FilesNew != 44 || sum.FilesUnmodified != 0 {
+		t.Fatalf("summary new=%d unmodified=%d, want 44/0", sum.FilesNew, sum.FilesUnmodified)
+	}
+	// big.bin and its copy share all chunks: stored data must be well below the total.
+	if sum.DataAdded >= sum.TotalBytes-3<<20+1 {
+		t.Fatalf("dedup failed: added %d of %d bytes", sum.DataAdded, sum.TotalBytes)
+	}
+	r2 := reopen(t, dir)
+	target := t.TempDir()
+	rsum, err := r2.Restore(ctx, sn.ID, target, RestoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rsum.Files != 45 {
+		t.Errorf("restored %d files, want 45", rsum.Files)
+	}
+	compareTrees(t, src, filepath.Join(target, "src"))
+
+	// Second backup with no change reads nothing.
+	_, sum2, err := r2.Backup(ctx, []string{src}, BackupOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum2.BytesRead != 0 || sum2.FilesUnmodified != 44 || sum2.DataBlobs != 0 || sum2.TreeBlobs != 0 {
+		t.Fatalf("unchanged re-backup: read %d bytes, unmodified %d, blobs %d/%d", sum2.BytesRead, sum2.FilesUnmodified, sum2.DataBlobs, sum2.TreeBlobs)
+	}
+	// Change one file: only it is read.
+	writeFile(t, filepath.Join(src, "d", "a", "new"), []byte("hello"), 0o644)
+	os.WriteFile(filepath.Join(src, "text.txt"), []byte("changed"), 0o640)
+	sn3, sum3, err := r2.Backup(ctx, []string{src}, BackupOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum3.FilesNew != 1 || sum3.FilesChanged != 1 || sum3.BytesRead != 12 {
+		t.Fatalf("incremental: new %d changed %d read %d, want 1/1/12", sum3.FilesNew, sum3.FilesChanged, sum3.BytesRead)
+	}
+	target3 := t.TempDir()
+	if _, err := r2.Restore(ctx, sn3.ID, target3, RestoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	compareTrees(t, src, filepath.Join(target3, "src"))
+}

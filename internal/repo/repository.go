@@ -1,0 +1,486 @@
+package repo
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/holdfast/holdfast/internal/repo/backend"
+	"github.com/holdfast/holdfast/internal/repo/chunker"
+	"github.com/klauspost/compress/zstd"
+	"github.com/zeebo/blake3"
+)
+
+// Size limits for repository objects.
+const (
+	// DefaultPackSize is the size at which a pack is closed.
+	DefaultPackSize = 16 << 20
+	// MinPackSize and MaxPackTarget bound the configured pack size.
+	MinPackSize   = 256 << 10
+	MaxPackTarget = 256 << 20
+	// maxObjectSize bounds config, snapshot and lock files.
+	maxObjectSize = 64 << 20
+	formatVersion = 1
+)
+
+// ErrNoRepository is returned when the location holds no repository.
+var ErrNoRepository = errors.New("no repository at this location")
+
+// Config is the repository's configuration, stored encrypted as "config".
+type Config struct {
+	Version  int            `json:"version"`
+	ID       string         `json:"id"`
+	Created  time.Time      `json:"created"`
+	Chunker  chunker.Params `json:"chunker"`
+	PackSize int            `json:"pack_size"`
+}
+
+// InitOptions configure a new repository.
+type InitOptions struct {
+	Chunker  chunker.Params
+	PackSize int
+	KDF      KDFParams
+	Logger   *slog.Logger
+}
+
+// DefaultInitOptions returns 1 MiB average chunks, 16 MiB packs and
+// argon2id at 64 MiB.
+func DefaultInitOptions() InitOptions {
+	return InitOptions{Chunker: chunker.DefaultParams(), PackSize: DefaultPackSize, KDF: DefaultKDFParams()}
+}
+
+// Validate checks the options.
+func (o InitOptions) Validate() error {
+	if err := o.Chunker.Validate(); err != nil {
+		return err
+	}
+	if o.PackSize < MinPackSize || o.PackSize > MaxPackTarget {
+		return fmt.Errorf("pack size %d outside [%d, %d]", o.PackSize, MinPackSize, MaxPackTarget)
+	}
+	return o.KDF.Validate()
+}
+
+// OpenOptions configure opening a repository.
+type OpenOptions struct {
+	Logger *slog.Logger
+	// NoIndex skips loading the index (for key management).
+	NoIndex bool
+}
+
+// Repository is an open repository. It is safe for concurrent use.
+type Repository struct {
+	be      backend.Backend
+	log     *slog.Logger
+	key     *masterKey
+	keyName string
+	crypt   *crypter
+	cfg     Config
+	chunker *chunker.Chunker
+	enc     *zstd.Encoder
+	dec     *zstd.Decoder
+	idx     *memIndex
+	hashers sync.Pool
+}
+
+func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// Init creates a repository in an empty backend location and returns it open.
+func Init(ctx context.Context, be backend.Backend, pass string, opts InitOptions) (*Repository, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, fmt.Errorf("init: %w", err)
+	}
+	if pass == "" {
+		return nil, errors.New("init: empty password")
+	}
+	if _, err := be.Stat(ctx, backend.Handle{Type: backend.ConfigFile}); err == nil {
+		return nil, fmt.Errorf("init: repository already exists at %s", be.Location())
+	}
+	if err := be.Create(ctx); err != nil {
+		return nil, fmt.Errorf("init: %w", err)
+	}
+	mk, err := newMasterKey()
+	if err != nil {
+		return nil, err
+	}
+	idb := make([]byte, 16)
+	rand.Read(idb)
+	cfg := Config{Version: formatVersion, ID: hex.EncodeToString(idb), Created: time.Now().UTC(), Chunker: opts.Chunker, PackSize: opts.PackSize}
+	r, err := newRepository(be, mk, cfg, opts.Logger)
+	if err != nil {
+		return nil, err
+	}
+	kb, err := wrapKey(mk, pass, opts.KDF)
+	if err != nil {
+		return nil, err
+	}
+	r.keyName = fileID(kb).String()
+	if err := be.Save(ctx, backend.Handle{Type: backend.KeyFile, Name: r.keyName}, kb); err != nil {
+		return nil, fmt.Errorf("init: saving key: %w", err)
+	}
+	cb, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := be.Save(ctx, backend.Handle{Type: backend.ConfigFile}, r.crypt.seal(nil, append([]byte{frameRaw}, cb...))); err != nil {
+		return nil, fmt.Errorf("init: saving config: %w", err)
+	}
+	r.log.Info("repository created", "location", be.Location(), "id", cfg.ID)
+	return r, nil
+}
+
+func newRepository(be backend.Backend, mk *masterKey, cfg Config, log *slog.Logger) (*Repository, error) {
+	if log == nil {
+		log = discardLogger()
+	}
+	c, err := newCrypter(mk.Encrypt)
+	if err != nil {
+		return nil, err
+	}
+	ch, err := chunker.New(cfg.Chunker, mk.ID[:])
+	if err != nil {
+		return nil, err
+	}
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithLowerEncoderMem(true))
+	if err != nil {
+		return nil, err
+	}
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(MaxIndexSize))
+	if err != nil {
+		return nil, err
+	}
+	r := &Repository{be: be, log: log, key: mk, crypt: c, cfg: cfg, chunker: ch, enc: enc, dec: dec, idx: newMemIndex()}
+	r.hashers.New = func() any {
+		h, _ := blake3.NewKeyed(mk.ID[:])
+		return h
+	}
+	return r, nil
+}
+
+// Open opens the repository in be with pass, trying every key file.
+func Open(ctx context.Context, be backend.Backend, pass string, opts OpenOptions) (*Repository, error) {
+	cfgBytes, err := be.Load(ctx, backend.Handle{Type: backend.ConfigFile}, 0, 0)
+	if err != nil {
+		if errors.Is(err, backend.ErrNotExist) {
+			return nil, fmt.Errorf("opening %s: %w", be.Location(), ErrNoRepository)
+		}
+		return nil, fmt.Errorf("opening %s: %w", be.Location(), err)
+	}
+	var names []string
+	if err := be.List(ctx, backend.KeyFile, func(fi backend.FileInfo) error {
+		names = append(names, fi.Name)
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("listing keys: %w", err)
+	}
+	sort.Strings(names)
+	var mk *masterKey
+	var keyName string
+	for _, n := range names {
+		kb, err := be.Load(ctx, backend.Handle{Type: backend.KeyFile, Name: n}, 0, 0)
+		if err != nil {
+			return nil, fmt.Errorf("loading key %s: %w", n, err)
+		}
+		k, err := unwrapKey(kb, pass)
+		if err != nil {
+			if !errors.Is(err, ErrWrongPassword) && opts.Logger != nil {
+				opts.Logger.Warn("skipping unreadable key file", "key", n, "err", err)
+			}
+			continue
+		}
+		mk, keyName = k, n
+		break
+	}
+	if mk == nil {
+		return nil, ErrWrongPassword
+	}
+	c, err := newCrypter(mk.Encrypt)
+	if err != nil {
+		return nil, err
+	}
+	plain, err := c.open(nil, cfgBytes)
+	if err != nil {
+		return nil, fmt.Errorf("decrypting config: %w", err)
+	}
+	var cfg Config
+	if len(plain) < 1 || plain[0] != frameRaw {
+		return nil, errors.New("parsing config: unknown framing")
+	}
+	if err := json.Unmarshal(plain[1:], &cfg); err != nil {
+		return nil, fmt.Errorf("parsing config: %w", err)
+	}
+	if cfg.Version != formatVersion {
+		return nil, fmt.Errorf("unsupported repository version %d", cfg.Version)
+	}
+	if err := cfg.Chunker.Validate(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if cfg.PackSize < MinPackSize || cfg.PackSize > MaxPackTarget {
+		return nil, fmt.Errorf("config: pack size %d invalid", cfg.PackSize)
+	}
+	r, err := newRepository(be, mk, cfg, opts.Logger)
+	if err != nil {
+		return nil, err
+	}
+	r.keyName = keyName
+	if !opts.NoIndex {
+		if err := r.LoadIndex(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+// Config returns the repository configuration.
+func (r *Repository) Config() Config { return r.cfg }
+
+// Backend returns the backend the repository is stored in.
+func (r *Repository) Backend() backend.Backend { return r.be }
+
+// Close releases the repository's resources (not the backend).
+func (r *Repository) Close() error {
+	r.enc.Close()
+	r.dec.Close()
+	return nil
+}
+
+// blobID returns the keyed hash of a blob's plaintext.
+func (r *Repository) blobID(data []byte) ID {
+	h := r.hashers.Get().(*blake3.Hasher)
+	h.Reset()
+	h.Write(data)
+	var id ID
+	h.Sum(id[:0])
+	r.hashers.Put(h)
+	return id
+}
+
+// Object framing inside the encryption: one byte saying how the payload is
+// stored, then the payload.
+const (
+	frameRaw  = 0
+	frameZstd = 1
+)
+
+// encodeObject frames (compressing when it helps) and encrypts plain.
+func (r *Repository) encodeObject(plain []byte) []byte {
+	return r.crypt.seal(nil, r.frame(plain))
+}
+
+func (r *Repository) frame(plain []byte) []byte {
+	buf := make([]byte, 1, len(plain)/2+64)
+	buf[0] = frameZstd
+	buf = r.enc.EncodeAll(plain, buf)
+	if len(buf) >= len(plain)+1 {
+		buf = append(buf[:0], frameRaw)
+		buf = append(buf, plain...)
+	}
+	return buf
+}
+
+// decodeObject decrypts and unframes an object; rawLen, if not negative,
+// is the expected plaintext length.
+func (r *Repository) decodeObject(enc []byte, rawLen int) ([]byte, error) {
+	plain, err := r.crypt.open(nil, enc)
+	if err != nil {
+		return nil, err
+	}
+	return r.unframe(plain, rawLen)
+}
+
+func (r *Repository) unframe(plain []byte, rawLen int) ([]byte, error) {
+	if len(plain) < 1 {
+		return nil, errors.New("empty object")
+	}
+	switch plain[0] {
+	case frameRaw:
+		out := plain[1:]
+		if rawLen >= 0 && len(out) != rawLen {
+			return nil, fmt.Errorf("object length %d, want %d", len(out), rawLen)
+		}
+		return out, nil
+	case frameZstd:
+		var dst []byte
+		if rawLen >= 0 {
+			dst = make([]byte, 0, rawLen)
+		}
+		out, err := r.dec.DecodeAll(plain[1:], dst)
+		if err != nil {
+			return nil, fmt.Errorf("decompressing: %w", err)
+		}
+		if rawLen >= 0 && len(out) != rawLen {
+			return nil, fmt.Errorf("object length %d, want %d", len(out), rawLen)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("unknown object frame %d", plain[0])
+}
+
+// saveFile encrypts plain and stores it under the hash of the result.
+func (r *Repository) saveFile(ctx context.Context, t backend.FileType, plain []byte) (ID, error) {
+	enc := r.encodeObject(plain)
+	id := fileID(enc)
+	if err := r.be.Save(ctx, backend.Handle{Type: t, Name: id.String()}, enc); err != nil {
+		return id, err
+	}
+	return id, nil
+}
+
+// loadFile loads, verifies and decrypts a content-addressed file.
+func (r *Repository) loadFile(ctx context.Context, t backend.FileType, id ID) ([]byte, error) {
+	h := backend.Handle{Type: t, Name: id.String()}
+	enc, err := r.be.Load(ctx, h, 0, 0)
+	if err != nil {
+		return nil, err
+	}
+	if fileID(enc) != id {
+		return nil, fmt.Errorf("%s: content does not match its name (damaged)", h)
+	}
+	plain, err := r.decodeObject(enc, -1)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", h, err)
+	}
+	return plain, nil
+}
+
+// listIDs lists the content-addressed files of type t.
+func (r *Repository) listIDs(ctx context.Context, t backend.FileType) (IDs, error) {
+	var ids IDs
+	err := r.be.List(ctx, t, func(fi backend.FileInfo) error {
+		id, err := ParseID(fi.Name)
+		if err != nil {
+			r.log.Warn("ignoring file with a foreign name", "type", t, "name", fi.Name)
+			return nil
+		}
+		ids = append(ids, id)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing %s: %w", t, err)
+	}
+	sort.Sort(ids)
+	return ids, nil
+}
+
+// LoadIndex (re)reads every index file.
+func (r *Repository) LoadIndex(ctx context.Context) error {
+	ids, err := r.listIDs(ctx, backend.IndexFile)
+	if err != nil {
+		return err
+	}
+	idx := newMemIndex()
+	type res struct {
+		id    ID
+		packs []IndexPack
+		err   error
+	}
+	work := make(chan ID)
+	out := make(chan res)
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for id := range work {
+				plain, err := r.loadFile(ctx, backend.IndexFile, id)
+				var packs []IndexPack
+				if err == nil {
+					packs, err = decodeIndex(plain)
+				}
+				out <- res{id, packs, err}
+			}
+		}()
+	}
+	go func() {
+		for _, id := range ids {
+			work <- id
+		}
+		close(work)
+		wg.Wait()
+		close(out)
+	}()
+	var errs []error
+	for res := range out {
+		if res.err != nil {
+			errs = append(errs, fmt.Errorf("index %s: %w", res.id.Short(), res.err))
+			continue
+		}
+		idx.addPacks(res.packs)
+		idx.files[res.id] = struct{}{}
+	}
+	r.idx = idx
+	if len(errs) > 0 {
+		return fmt.Errorf("loading index: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// LoadBlob reads, decrypts, decompresses and verifies one blob.
+func (r *Repository) LoadBlob(ctx context.Context, id ID) ([]byte, error) {
+	loc, ok := r.idx.lookup(id)
+	if !ok {
+		return nil, fmt.Errorf("blob %s not in index", id.Short())
+	}
+	enc, err := r.be.Load(ctx, backend.Handle{Type: backend.PackFile, Name: loc.Pack.String()}, int64(loc.Offset), int64(loc.Length))
+	if err != nil {
+		return nil, fmt.Errorf("loading blob %s: %w", id.Short(), err)
+	}
+	return r.decodeBlob(loc, enc)
+}
+
+// decodeBlob decrypts and checks one stored blob.
+func (r *Repository) decodeBlob(loc BlobLocation, enc []byte) ([]byte, error) {
+	plain, err := r.decodeObject(enc, int(loc.RawLen))
+	if err != nil {
+		return nil, fmt.Errorf("blob %s in pack %s: %w", loc.ID.Short(), loc.Pack.Short(), err)
+	}
+	if r.blobID(plain) != loc.ID {
+		return nil, fmt.Errorf("blob %s in pack %s: content does not match its id", loc.ID.Short(), loc.Pack.Short())
+	}
+	return plain, nil
+}
+
+// FindSnapshot resolves a snapshot ID, unique prefix, or "latest".
+func (r *Repository) FindSnapshot(ctx context.Context, s string) (ID, error) {
+	ids, err := r.listIDs(ctx, backend.SnapshotFile)
+	if err != nil {
+		return ID{}, err
+	}
+	if s == "latest" {
+		snaps, err := r.Snapshots(ctx)
+		if err != nil {
+			return ID{}, err
+		}
+		if len(snaps) == 0 {
+			return ID{}, errors.New("no snapshots")
+		}
+		return snaps[len(snaps)-1].ID, nil
+	}
+	return matchPrefix(ids, s, "snapshot")
+}
+
+func matchPrefix(ids IDs, s, what string) (ID, error) {
+	s = strings.ToLower(s)
+	var found []ID
+	for _, id := range ids {
+		if strings.HasPrefix(id.String(), s) {
+			found = append(found, id)
+		}
+	}
+	switch {
+	case s == "" || len(found) == 0:
+		return ID{}, fmt.Errorf("no %s matches %q", what, s)
+	case len(found) > 1:
+		return ID{}, fmt.Errorf("%s prefix %q is ambiguous (%d matches)", what, s, len(found))
+	}
+	return found[0], nil
+}

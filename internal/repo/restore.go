@@ -1,0 +1,461 @@
+package repo
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/holdfast/holdfast/internal/repo/backend"
+	"golang.org/x/sys/unix"
+)
+
+// Restore reads whole packs when the needed blobs are close together:
+// blobs closer than restoreGap are fetched with one read.
+const restoreGap = 1 << 20
+
+// ErrRestoreIncomplete is returned (wrapped) when some files could not be
+// restored; all others were.
+var ErrRestoreIncomplete = errors.New("restore incomplete")
+
+// RestoreOptions configure a restore.
+type RestoreOptions struct {
+	// Includes limits the restore to paths (relative to the snapshot root,
+	// slash-separated) matching one of these globs or lying under them.
+	Includes []string
+	// Progress, if set, is called about four times a second.
+	Progress func(Progress)
+}
+
+// RestoreSummary describes a finished restore.
+type RestoreSummary struct {
+	Files    int64    `json:"files"`
+	Dirs     int64    `json:"dirs"`
+	Bytes    int64    `json:"bytes"`
+	Seconds  float64  `json:"seconds"`
+	Errors   []string `json:"errors,omitempty"`
+	Damaged  []string `json:"damaged_files,omitempty"`
+	Target   string   `json:"target"`
+	Snapshot ID       `json:"snapshot"`
+}
+
+type restoreFile struct {
+	path      string
+	node      *Node
+	remaining atomic.Int64
+	failed    atomic.Bool
+}
+
+type blobTarget struct {
+	file   *restoreFile
+	offset int64
+}
+
+type packWant struct {
+	loc     BlobLocation
+	targets []blobTarget
+}
+
+type restorer struct {
+	r       *Repository
+	target  string
+	opts    RestoreOptions
+	packs   map[ID]map[ID]*packWant
+	dirs    []struct{ path string; node *Node }
+	links   [][2]string // hard links: [existing, new]
+	inodes  map[[2]uint64]string
+	files   []*restoreFile
+	errMu   sync.Mutex
+	errs    []string
+	damaged []string
+	total   int64
+	written atomic.Int64
+	nfiles  atomic.Int64
+	asRoot  bool
+}
+
+func (rs *restorer) fail(format string, args ...any) {
+	rs.errMu.Lock()
+	rs.errs = append(rs.errs, fmt.Sprintf(format, args...))
+	rs.errMu.Unlock()
+}
+
+// includeState says whether a path is wanted (all of it) or lies on the way
+// to something wanted.
+func includeState(includes []string, p string) (want, onPath bool) {
+	if len(includes) == 0 {
+		return true, false
+	}
+	for _, inc := range includes {
+		inc = strings.Trim(inc, "/")
+		if ok, _ := path.Match(inc, p); ok || inc == p || strings.HasPrefix(p, inc+"/") {
+			return true, false
+		}
+		if strings.HasPrefix(inc, p+"/") {
+			onPath = true
+		}
+		// A glob matching a prefix of p selects p's ancestor.
+		parts := strings.Split(p, "/")
+		for i := 1; i < len(parts); i++ {
+			if ok, _ := path.Match(inc, strings.Join(parts[:i], "/")); ok {
+				return true, false
+			}
+		}
+		if strings.ContainsAny(inc, "*?[") {
+			onPath = true
+		}
+	}
+	return false, onPath
+}
+
+// Restore writes snapshot snapID (or the parts selected by opts.Includes)
+// below target.
+func (r *Repository) Restore(ctx context.Context, snapID ID, target string, opts RestoreOptions) (*RestoreSummary, error) {
+	start := time.Now()
+	sn, err := r.LoadSnapshot(ctx, snapID)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range opts.Includes {
+		if _, err := path.Match(p, ""); err != nil {
+			return nil, fmt.Errorf("restore: bad include pattern %q: %w", p, err)
+		}
+	}
+	if err := os.MkdirAll(target, 0o700); err != nil {
+		return nil, fmt.Errorf("restore: creating target: %w", err)
+	}
+	rs := &restorer{r: r, target: target, opts: opts, packs: map[ID]map[ID]*packWant{}, inodes: map[[2]uint64]string{}, asRoot: os.Geteuid() == 0}
+	if err := rs.plan(ctx, sn.Tree, ""); err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	stop := rs.startProgress()
+	rs.fetch(ctx)
+	stop()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	for _, f := range rs.files {
+		if f.node.Size == 0 || len(f.node.Content) == 0 {
+			rs.finishFile(f)
+		}
+	}
+	for _, l := range rs.links {
+		os.Remove(l[1])
+		if err := os.Link(l[0], l[1]); err != nil {
+			rs.fail("%s: hard link: %v", l[1], err)
+		}
+	}
+	sort.SliceStable(rs.dirs, func(i, j int) bool { return len(rs.dirs[i].path) > len(rs.dirs[j].path) })
+	for _, d := range rs.dirs {
+		rs.setMeta(d.path, d.node)
+	}
+	sum := &RestoreSummary{Files: rs.nfiles.Load(), Dirs: int64(len(rs.dirs)), Bytes: rs.written.Load(),
+		Seconds: time.Since(start).Seconds(), Errors: rs.errs, Target: target, Snapshot: snapID}
+	for _, f := range rs.files {
+		if f.failed.Load() {
+			sum.Damaged = append(sum.Damaged, strings.TrimPrefix(f.path, target+"/"))
+		}
+	}
+	r.log.Info("restore finished", "snapshot", snapID.Short(), "files", sum.Files, "bytes", sum.Bytes, "seconds", sum.Seconds)
+	if len(rs.errs) > 0 {
+		return sum, fmt.Errorf("%w: %d errors, first: %s", ErrRestoreIncomplete, len(rs.errs), rs.errs[0])
+	}
+	return sum, nil
+}
+
+// plan creates directories, empty files, links and special files, and
+// records which blobs go where.
+func (rs *restorer) plan(ctx context.Context, tree ID, rel string) error {
+	t, err := rs.r.LoadTree(ctx, tree)
+	if err != nil {
+		return err
+	}
+	for _, n := range t.Nodes {
+		p := n.Name
+		if rel != "" {
+			p = rel + "/" + n.Name
+		}
+		want, onPath := includeState(rs.opts.Includes, p)
+		if !want && !(onPath && n.Type == NodeDir) {
+			continue
+		}
+		dst := filepath.Join(rs.target, filepath.FromSlash(p))
+		switch n.Type {
+		case NodeDir:
+			if err := os.Mkdir(dst, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+				rs.fail("%s: %v", dst, err)
+				continue
+			}
+			if want {
+				rs.dirs = append(rs.dirs, struct {
+					path string
+					node *Node
+				}{dst, n})
+			}
+			var sub []string
+			if !want {
+				sub = rs.opts.Includes
+			}
+			saved := rs.opts.Includes
+			rs.opts.Includes = sub
+			err := rs.plan(ctx, *n.Subtree, p)
+			rs.opts.Includes = saved
+			if err != nil {
+				rs.fail("%s: %v", dst, err)
+			}
+		case NodeFile:
+			if n.Links > 1 {
+				key := [2]uint64{n.Device, n.Inode}
+				if first, ok := rs.inodes[key]; ok {
+					rs.links = append(rs.links, [2]string{first, dst})
+					rs.nfiles.Add(1)
+					continue
+				}
+				rs.inodes[key] = dst
+			}
+			os.Remove(dst)
+			f, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+			if err == nil {
+				err = f.Truncate(n.Size)
+				f.Close()
+			}
+			if err != nil {
+				rs.fail("%s: %v", dst, err)
+				continue
+			}
+			rf := &restoreFile{path: dst, node: n}
+			rf.remaining.Store(int64(len(n.Content)))
+			rs.files = append(rs.files, rf)
+			var off int64
+			for _, id := range n.Content {
+				loc, ok := rs.r.idx.lookup(id)
+				if !ok {
+					rs.fail("%s: blob %s not in index", dst, id.Short())
+					rf.failed.Store(true)
+					rf.remaining.Add(-1)
+					continue
+				}
+				pm := rs.packs[loc.Pack]
+				if pm == nil {
+					pm = map[ID]*packWant{}
+					rs.packs[loc.Pack] = pm
+				}
+				pw := pm[id]
+				if pw == nil {
+					pw = &packWant{loc: loc}
+					pm[id] = pw
+				}
+				pw.targets = append(pw.targets, blobTarget{file: rf, offset: off})
+				off += int64(loc.RawLen)
+				rs.total += int64(loc.RawLen)
+			}
+		case NodeSymlink:
+			os.Remove(dst)
+			if err := os.Symlink(n.LinkTarget, dst); err != nil {
+				rs.fail("%s: %v", dst, err)
+				continue
+			}
+			rs.setMeta(dst, n)
+			rs.nfiles.Add(1)
+		case NodeFifo:
+			os.Remove(dst)
+			if err := unix.Mkfifo(dst, n.Mode&07777); err != nil {
+				rs.fail("%s: %v", dst, err)
+				continue
+			}
+			rs.setMeta(dst, n)
+			rs.nfiles.Add(1)
+		case NodeDev, NodeCharDev:
+			if !rs.asRoot {
+				rs.fail("%s: device nodes need root", dst)
+				continue
+			}
+			mode := uint32(unix.S_IFBLK)
+			if n.Type == NodeCharDev {
+				mode = unix.S_IFCHR
+			}
+			os.Remove(dst)
+			if err := unix.Mknod(dst, mode|n.Mode&07777, int(n.Rdev)); err != nil {
+				rs.fail("%s: %v", dst, err)
+				continue
+			}
+			rs.setMeta(dst, n)
+			rs.nfiles.Add(1)
+		case NodeSocket:
+			// Sockets cannot be restored meaningfully; skip them silently.
+		}
+	}
+	return nil
+}
+
+func (rs *restorer) startProgress() func() {
+	if rs.opts.Progress == nil {
+		return func() {}
+	}
+	stop, done := make(chan struct{}), make(chan struct{})
+	report := func() {
+		rs.opts.Progress(Progress{Files: rs.nfiles.Load(), TotalFiles: int64(len(rs.files)), Bytes: rs.written.Load(), TotalBytes: rs.total})
+	}
+	go func() {
+		defer close(done)
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				report()
+			case <-stop:
+				report()
+				return
+			}
+		}
+	}()
+	return func() { close(stop); <-done }
+}
+
+// fetch reads the needed blobs pack by pack and writes them out.
+func (rs *restorer) fetch(ctx context.Context) {
+	ids := make(IDs, 0, len(rs.packs))
+	for id := range rs.packs {
+		ids = append(ids, id)
+	}
+	sort.Sort(ids)
+	work := make(chan ID)
+	var wg sync.WaitGroup
+	for i := 0; i < 2*runtime.GOMAXPROCS(0); i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for id := range work {
+				rs.fetchPack(ctx, id, rs.packs[id])
+			}
+		}()
+	}
+	for _, id := range ids {
+		if ctx.Err() != nil {
+			break
+		}
+		work <- id
+	}
+	close(work)
+	wg.Wait()
+}
+
+func (rs *restorer) fetchPack(ctx context.Context, pack ID, want map[ID]*packWant) {
+	list := make([]*packWant, 0, len(want))
+	for _, w := range want {
+		list = append(list, w)
+	}
+	sort.Slice(list, func(i, j int) bool { return list[i].loc.Offset < list[j].loc.Offset })
+	h := backend.Handle{Type: backend.PackFile, Name: pack.String()}
+	for i := 0; i < len(list); {
+		j := i + 1
+		end := int64(list[i].loc.Offset) + int64(list[i].loc.Length)
+		for j < len(list) && int64(list[j].loc.Offset)-end < restoreGap {
+			end = int64(list[j].loc.Offset) + int64(list[j].loc.Length)
+			j++
+		}
+		startOff := int64(list[i].loc.Offset)
+		buf, err := rs.r.be.Load(ctx, h, startOff, end-startOff)
+		for _, w := range list[i:j] {
+			var plain []byte
+			if err == nil {
+				o := int64(w.loc.Offset) - startOff
+				plain, err = rs.r.decodeBlob(w.loc, buf[o:o+int64(w.loc.Length)])
+				if err != nil {
+					rs.blobFailed(w, err)
+					err = nil
+					continue
+				}
+			} else {
+				rs.blobFailed(w, err)
+				continue
+			}
+			rs.writeBlob(w, plain)
+		}
+		i = j
+	}
+}
+
+func (rs *restorer) blobFailed(w *packWant, err error) {
+	for _, t := range w.targets {
+		rs.fail("%s: %v", t.file.path, err)
+		t.file.failed.Store(true)
+		if t.file.remaining.Add(-1) == 0 {
+			rs.finishFile(t.file)
+		}
+	}
+}
+
+var zeroBlock = make([]byte, 64<<10)
+
+func isZero(b []byte) bool {
+	for len(b) > 0 {
+		n := min(len(b), len(zeroBlock))
+		if !bytes.Equal(b[:n], zeroBlock[:n]) {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
+}
+
+func (rs *restorer) writeBlob(w *packWant, plain []byte) {
+	zero := isZero(plain)
+	for _, t := range w.targets {
+		if !zero { // all-zero chunks stay holes: sparse files stay sparse
+			f, err := os.OpenFile(t.file.path, os.O_WRONLY, 0)
+			if err == nil {
+				_, err = f.WriteAt(plain, t.offset)
+				if cerr := f.Close(); err == nil {
+					err = cerr
+				}
+			}
+			if err != nil {
+				rs.fail("%s: %v", t.file.path, err)
+				t.file.failed.Store(true)
+			}
+		}
+		rs.written.Add(int64(len(plain)))
+		if t.file.remaining.Add(-1) == 0 {
+			rs.finishFile(t.file)
+		}
+	}
+}
+
+func (rs *restorer) finishFile(f *restoreFile) {
+	rs.setMeta(f.path, f.node)
+	rs.nfiles.Add(1)
+}
+
+// setMeta applies ownership, mode, extended attributes and times.
+func (rs *restorer) setMeta(p string, n *Node) {
+	if rs.asRoot {
+		if err := os.Lchown(p, int(n.UID), int(n.GID)); err != nil {
+			rs.fail("%s: chown: %v", p, err)
+		}
+	}
+	if n.Type != NodeSymlink {
+		if err := unix.Chmod(p, n.Mode&07777); err != nil {
+			rs.fail("%s: chmod: %v", p, err)
+		}
+	}
+	for k, v := range n.Xattrs {
+		if err := unix.Lsetxattr(p, k, v, 0); err != nil && !errors.Is(err, unix.ENOTSUP) && !errors.Is(err, unix.EPERM) {
+			rs.fail("%s: xattr %s: %v", p, k, err)
+		}
+	}
+	ts := []unix.Timespec{unix.NsecToTimespec(n.ModTime.UnixNano()), unix.NsecToTimespec(n.ModTime.UnixNano())}
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		rs.fail("%s: times: %v", p, err)
+	}
+}

@@ -1,0 +1,173 @@
+package repo
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Node types.
+const (
+	NodeFile    = "file"
+	NodeDir     = "dir"
+	NodeSymlink = "symlink"
+	NodeDev     = "dev"
+	NodeCharDev = "chardev"
+	NodeFifo    = "fifo"
+	NodeSocket  = "socket"
+)
+
+// maxTreeSize bounds a tree blob's plaintext.
+const maxTreeSize = 64 << 20
+
+// Node is one directory entry in a tree, with its metadata.
+type Node struct {
+	Name       string            `json:"name"`
+	Type       string            `json:"type"`
+	Mode       uint32            `json:"mode"` // permission and special bits (07777)
+	UID        uint32            `json:"uid"`
+	GID        uint32            `json:"gid"`
+	User       string            `json:"user,omitempty"`
+	Group      string            `json:"group,omitempty"`
+	Size       int64             `json:"size,omitempty"`
+	ModTime    time.Time         `json:"mtime"`
+	ChangeTime time.Time         `json:"ctime"`
+	Inode      uint64            `json:"inode,omitempty"`
+	Device     uint64            `json:"device,omitempty"`
+	Links      uint64            `json:"links,omitempty"`
+	Rdev       uint64            `json:"rdev,omitempty"`
+	LinkTarget string            `json:"link_target,omitempty"`
+	Xattrs     map[string][]byte `json:"xattrs,omitempty"`
+	Content    []ID              `json:"content,omitempty"`
+	Subtree    *ID               `json:"subtree,omitempty"`
+}
+
+// Tree is the list of entries of one directory, sorted by name.
+type Tree struct {
+	Nodes []*Node `json:"nodes"`
+}
+
+// Find returns the node named name, or nil.
+func (t *Tree) Find(name string) *Node {
+	if t == nil {
+		return nil
+	}
+	i := sort.Search(len(t.Nodes), func(i int) bool { return t.Nodes[i].Name >= name })
+	if i < len(t.Nodes) && t.Nodes[i].Name == name {
+		return t.Nodes[i]
+	}
+	return nil
+}
+
+func encodeTree(t *Tree) ([]byte, error) {
+	sort.Slice(t.Nodes, func(i, j int) bool { return t.Nodes[i].Name < t.Nodes[j].Name })
+	return json.Marshal(t)
+}
+
+// decodeTree parses and validates a tree blob.
+func decodeTree(b []byte) (*Tree, error) {
+	if len(b) > maxTreeSize {
+		return nil, fmt.Errorf("tree of %d bytes above limit", len(b))
+	}
+	var t Tree
+	if err := json.Unmarshal(b, &t); err != nil {
+		return nil, fmt.Errorf("decoding tree: %w", err)
+	}
+	prev := ""
+	for i, n := range t.Nodes {
+		if n == nil {
+			return nil, fmt.Errorf("tree entry %d is null", i)
+		}
+		if err := validName(n.Name); err != nil {
+			return nil, fmt.Errorf("tree entry %d: %w", i, err)
+		}
+		if i > 0 && n.Name <= prev {
+			return nil, fmt.Errorf("tree entries not sorted or duplicated at %q", n.Name)
+		}
+		prev = n.Name
+		switch n.Type {
+		case NodeDir:
+			if n.Subtree == nil {
+				return nil, fmt.Errorf("directory %q has no subtree", n.Name)
+			}
+		case NodeFile, NodeSymlink, NodeDev, NodeCharDev, NodeFifo, NodeSocket:
+		default:
+			return nil, fmt.Errorf("entry %q has unknown type %q", n.Name, n.Type)
+		}
+		if n.Size < 0 {
+			return nil, fmt.Errorf("entry %q has negative size", n.Name)
+		}
+	}
+	return &t, nil
+}
+
+// validName rejects names that could escape a restore target.
+func validName(name string) error {
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
+		return fmt.Errorf("invalid entry name %q", name)
+	}
+	return nil
+}
+
+// LoadTree loads and decodes a tree blob.
+func (r *Repository) LoadTree(ctx context.Context, id ID) (*Tree, error) {
+	b, err := r.LoadBlob(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("loading tree %s: %w", id.Short(), err)
+	}
+	t, err := decodeTree(b)
+	if err != nil {
+		return nil, fmt.Errorf("tree %s: %w", id.Short(), err)
+	}
+	return t, nil
+}
+
+// errSkipDir, returned by a walk function for a directory, skips it.
+var errSkipDir = errors.New("skip directory")
+
+// WalkFunc is called for every node; path is slash-separated and relative
+// to the snapshot root.
+type WalkFunc func(path string, n *Node) error
+
+// walkTree visits the nodes of tree id depth first, in name order.
+func (r *Repository) walkTree(ctx context.Context, id ID, prefix string, fn WalkFunc) error {
+	t, err := r.LoadTree(ctx, id)
+	if err != nil {
+		return err
+	}
+	for _, n := range t.Nodes {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		p := n.Name
+		if prefix != "" {
+			p = prefix + "/" + n.Name
+		}
+		err := fn(p, n)
+		if errors.Is(err, errSkipDir) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n.Type == NodeDir && n.Subtree != nil {
+			if err := r.walkTree(ctx, *n.Subtree, p, fn); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Walk visits every node of a snapshot's tree.
+func (r *Repository) Walk(ctx context.Context, snapID ID, fn WalkFunc) error {
+	sn, err := r.LoadSnapshot(ctx, snapID)
+	if err != nil {
+		return err
+	}
+	return r.walkTree(ctx, sn.Tree, "", fn)
+}
