@@ -8,7 +8,8 @@
 GO        ?= go
 FUZZTIME  ?= 20s
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -X github.com/holdfast/holdfast/internal/buildinfo.Version=$(VERSION)
+COMMIT    ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS   := -X github.com/holdfast/holdfast/internal/buildinfo.Version=$(VERSION) -X github.com/holdfast/holdfast/internal/buildinfo.Commit=$(COMMIT)
 
 .PHONY: all build test deps vet unit fuzz clean
 

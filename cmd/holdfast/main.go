@@ -17,11 +17,13 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRootCommand().ExecuteContext(ctx)
-	stop()
+	code := 0
 	if err != nil {
+		code = exitCode(ctx, err)
 		fmt.Fprintln(os.Stderr, "holdfast:", err)
-		os.Exit(exitCode(ctx, err))
 	}
+	stop()
+	os.Exit(code)
 }
 
 // ExitError carries a documented exit code out of a command.

@@ -1,0 +1,56 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+
+	"github.com/holdfast/holdfast/internal/agent"
+	"github.com/spf13/cobra"
+)
+
+// defaultStateDir is $HOLDFAST_STATE, else /var/lib/holdfast for root and
+// ~/.holdfast for others.
+func defaultStateDir() string {
+	if d := os.Getenv("HOLDFAST_STATE"); d != "" {
+		return d
+	}
+	if os.Geteuid() == 0 {
+		return "/var/lib/holdfast"
+	}
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".holdfast")
+}
+
+func addStateFlag(cmd *cobra.Command, p *string) {
+	cmd.Flags().StringVar(p, "state", defaultStateDir(), "agent state directory (env HOLDFAST_STATE)")
+}
+
+func newAgentCommand() *cobra.Command {
+	var state, listen string
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the holdfast agent daemon",
+		Long: `Run the holdfast agent on this node until SIGINT or SIGTERM.
+
+The state directory must hold a cluster identity and configuration, made by
+'holdfast cluster init' (first node) or 'holdfast cluster join' (others).
+The agent serves its API on <state>/agent.sock, talks to peers over mTLS on
+--listen, and exposes /healthz and /metrics on the API.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			a, err := agent.New(state, agent.Options{Logger: logger(), Listen: listen, Services: agentServices()})
+			if err != nil {
+				return err
+			}
+			return a.Run(cmd.Context())
+		},
+	}
+	addStateFlag(cmd, &state)
+	cmd.Flags().StringVar(&listen, "listen", "", "address for peer connections (overrides the config's listen)")
+	return cmd
+}
+
+// agentServices returns the feature services an agent runs.
+func agentServices() []agent.Service {
+	return nil
+}
