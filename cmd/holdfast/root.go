@@ -36,6 +36,9 @@ func newRootCommand() *cobra.Command {
 	// Each command group lives in its own file as newXCommand.
 	root.AddCommand(
 		newVersionCommand(),
+		newAgentCommand(),
+		newClusterCommand(),
+		newStatusCommand(),
 	)
 	return root
 }
