@@ -39,6 +39,8 @@ func newRootCommand() *cobra.Command {
 		newAgentCommand(),
 		newClusterCommand(),
 		newStatusCommand(),
+		newQuickstartCommand(),
+		newVolumeCommand(),
 	)
 	return root
 }

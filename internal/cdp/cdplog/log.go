@@ -417,9 +417,11 @@ func (l *Log) Segments() [][2]uint64 {
 // (by time) and have sequence numbers <= maxSeq, never the segment being
 // written. apply is called for every dropped write and zero record, oldest
 // first, before anything is removed, so the caller can fold them into a base
-// image; if apply fails nothing is dropped. It returns the last sequence
-// number dropped (0 if none).
-func (l *Log) Fold(before time.Time, maxSeq uint64, apply func(Record) error) (uint64, error) {
+// image; then commit is called with the last sequence number to be dropped
+// (the caller makes its base durable there); if apply or commit fails
+// nothing is dropped. It returns the last sequence number dropped (0 if
+// none).
+func (l *Log) Fold(before time.Time, maxSeq uint64, apply func(Record) error, commit func(upTo uint64) error) (uint64, error) {
 	l.mu.RLock()
 	n := 0
 	for n < len(l.segs)-1 {
@@ -449,6 +451,9 @@ func (l *Log) Fold(before time.Time, maxSeq uint64, apply func(Record) error) (u
 				return 0, fmt.Errorf("folding record %d: %w", seq, err)
 			}
 		}
+	}
+	if err := commit(upTo); err != nil {
+		return 0, fmt.Errorf("committing fold up to %d: %w", upTo, err)
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()

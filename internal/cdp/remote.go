@@ -1,0 +1,287 @@
+package cdp
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/holdfast/holdfast/internal/cdp/cdplog"
+)
+
+// Remote is the CDP log of a volume held on another agent. The Manager on
+// that agent serves it (HandleRemote); this agent reaches it through a
+// Caller (the agent-to-agent wire).
+type Remote interface {
+	// Append stores records (contiguous sequence numbers) in the remote
+	// log of vol, creating it with size on first use, and returns the last
+	// sequence number the remote log holds durably.
+	Append(ctx context.Context, vol string, size int64, recs []cdplog.Record) (uint64, error)
+	// Fetch reads n bytes at off of vol as of sequence number atSeq.
+	Fetch(ctx context.Context, vol string, off int64, n int, atSeq uint64) ([]byte, error)
+	// Timeline lists the restorable points the remote log holds.
+	Timeline(ctx context.Context, vol string, q TimelineQuery) (Timeline, error)
+	// Resolve turns a TIME, SEQ or MARK into a point of the remote log.
+	Resolve(ctx context.Context, vol, at string) (Point, error)
+}
+
+// Caller makes request/response calls to another agent; the signature is
+// that of (*wire.Session).Call.
+type Caller interface {
+	Call(ctx context.Context, msgType uint16, payload []byte) ([]byte, error)
+}
+
+// CallerFunc adapts a function to Caller.
+type CallerFunc func(ctx context.Context, msgType uint16, payload []byte) ([]byte, error)
+
+// Call calls f.
+func (f CallerFunc) Call(ctx context.Context, msgType uint16, payload []byte) ([]byte, error) {
+	return f(ctx, msgType, payload)
+}
+
+// Message types of the remote CDP log protocol (capability 8: 0x08xx).
+const (
+	MsgAppend   uint16 = 0x0801
+	MsgFetch    uint16 = 0x0802
+	MsgTimeline uint16 = 0x0803
+	MsgResolve  uint16 = 0x0804
+)
+
+// MsgTypes lists the message types HandleRemote serves.
+var MsgTypes = []uint16{MsgAppend, MsgFetch, MsgTimeline, MsgResolve}
+
+// Limits of the remote protocol.
+const (
+	// MaxAppendBytes bounds one Append request.
+	MaxAppendBytes = 64 << 20
+	// MaxFetchBytes bounds one Fetch.
+	MaxFetchBytes = 16 << 20
+	maxVolName    = 64
+)
+
+// NewRemote returns a Remote reached through c.
+func NewRemote(c Caller) Remote { return callerRemote{c} }
+
+type callerRemote struct{ c Caller }
+
+func appendName(b []byte, name string) []byte {
+	b = binary.BigEndian.AppendUint16(b, uint16(len(name)))
+	return append(b, name...)
+}
+
+func readName(b []byte) (string, []byte, error) {
+	if len(b) < 2 {
+		return "", nil, fmt.Errorf("short message: %w", ErrInvalid)
+	}
+	n := int(binary.BigEndian.Uint16(b))
+	if n > maxVolName || len(b) < 2+n {
+		return "", nil, fmt.Errorf("bad volume name length %d: %w", n, ErrInvalid)
+	}
+	name := string(b[2 : 2+n])
+	if err := validName(name); err != nil {
+		return "", nil, err
+	}
+	return name, b[2+n:], nil
+}
+
+func (r callerRemote) Append(ctx context.Context, vol string, size int64, recs []cdplog.Record) (uint64, error) {
+	b := appendName(nil, vol)
+	b = binary.BigEndian.AppendUint64(b, uint64(size))
+	b = binary.BigEndian.AppendUint32(b, uint32(len(recs)))
+	for i := range recs {
+		b = recs[i].AppendBinary(b)
+	}
+	resp, err := r.c.Call(ctx, MsgAppend, b)
+	if err != nil {
+		return 0, fmt.Errorf("remote append to %s: %w", vol, err)
+	}
+	if len(resp) != 8 {
+		return 0, fmt.Errorf("remote append to %s: reply of %d bytes: %w", vol, len(resp), ErrInvalid)
+	}
+	return binary.BigEndian.Uint64(resp), nil
+}
+
+func (r callerRemote) Fetch(ctx context.Context, vol string, off int64, n int, atSeq uint64) ([]byte, error) {
+	b := appendName(nil, vol)
+	b = binary.BigEndian.AppendUint64(b, uint64(off))
+	b = binary.BigEndian.AppendUint32(b, uint32(n))
+	b = binary.BigEndian.AppendUint64(b, atSeq)
+	resp, err := r.c.Call(ctx, MsgFetch, b)
+	if err != nil {
+		return nil, fmt.Errorf("remote fetch of %s %d+%d@%d: %w", vol, off, n, atSeq, err)
+	}
+	if len(resp) != n {
+		return nil, fmt.Errorf("remote fetch of %s: %d bytes instead of %d: %w", vol, len(resp), n, ErrInvalid)
+	}
+	return resp, nil
+}
+
+type timelineReq struct {
+	Volume string        `json:"volume"`
+	Query  TimelineQuery `json:"query"`
+}
+
+type resolveReq struct {
+	Volume string `json:"volume"`
+	At     string `json:"at"`
+}
+
+func (r callerRemote) Timeline(ctx context.Context, vol string, q TimelineQuery) (Timeline, error) {
+	var tl Timeline
+	b, _ := json.Marshal(timelineReq{Volume: vol, Query: q})
+	resp, err := r.c.Call(ctx, MsgTimeline, b)
+	if err != nil {
+		return tl, fmt.Errorf("remote timeline of %s: %w", vol, err)
+	}
+	if err := json.Unmarshal(resp, &tl); err != nil {
+		return tl, fmt.Errorf("decoding remote timeline of %s: %w", vol, err)
+	}
+	return tl, nil
+}
+
+func (r callerRemote) Resolve(ctx context.Context, vol, at string) (Point, error) {
+	var p Point
+	b, _ := json.Marshal(resolveReq{Volume: vol, At: at})
+	resp, err := r.c.Call(ctx, MsgResolve, b)
+	if err != nil {
+		return p, fmt.Errorf("resolving %q on the remote log of %s: %w", at, vol, err)
+	}
+	if err := json.Unmarshal(resp, &p); err != nil {
+		return p, fmt.Errorf("decoding remote point of %s: %w", vol, err)
+	}
+	return p, nil
+}
+
+// HandleRemote serves one request of the remote CDP log protocol from
+// another agent: it is the transport-neutral handler to register on the
+// wire for each of MsgTypes. Malformed requests get an error, never a
+// panic, and change nothing.
+func (m *Manager) HandleRemote(ctx context.Context, msgType uint16, payload []byte) ([]byte, error) {
+	switch msgType {
+	case MsgAppend:
+		return m.handleAppend(payload)
+	case MsgFetch:
+		vol, rest, err := readName(payload)
+		if err != nil {
+			return nil, err
+		}
+		if len(rest) != 20 {
+			return nil, fmt.Errorf("fetch request of %d bytes: %w", len(rest), ErrInvalid)
+		}
+		off := int64(binary.BigEndian.Uint64(rest))
+		n := binary.BigEndian.Uint32(rest[8:])
+		seq := binary.BigEndian.Uint64(rest[12:])
+		if n > MaxFetchBytes {
+			return nil, fmt.Errorf("fetch of %d bytes exceeds %d: %w", n, MaxFetchBytes, ErrInvalid)
+		}
+		rv, err := m.replica(vol)
+		if err != nil {
+			return nil, err
+		}
+		buf := make([]byte, n)
+		if err := rv.readAtSeq(ctx, buf, off, seq); err != nil {
+			return nil, err
+		}
+		return buf, nil
+	case MsgTimeline:
+		var req timelineReq
+		if err := json.Unmarshal(payload, &req); err != nil {
+			return nil, fmt.Errorf("decoding timeline request: %w: %w", err, ErrInvalid)
+		}
+		rv, err := m.replica(req.Volume)
+		if err != nil {
+			return nil, err
+		}
+		tl, err := rv.timeline(req.Query)
+		if err != nil {
+			return nil, err
+		}
+		return json.Marshal(tl)
+	case MsgResolve:
+		var req resolveReq
+		if err := json.Unmarshal(payload, &req); err != nil {
+			return nil, fmt.Errorf("decoding resolve request: %w: %w", err, ErrInvalid)
+		}
+		rv, err := m.replica(req.Volume)
+		if err != nil {
+			return nil, err
+		}
+		if req.At == sizeQuery {
+			return json.Marshal(Point{Kind: "size", Length: uint64(rv.size)})
+		}
+		p, err := rv.resolve(req.At)
+		if err != nil {
+			return nil, err
+		}
+		return json.Marshal(p)
+	}
+	return nil, fmt.Errorf("unknown CDP message type %#x: %w", msgType, ErrInvalid)
+}
+
+func (m *Manager) handleAppend(payload []byte) ([]byte, error) {
+	if len(payload) > MaxAppendBytes {
+		return nil, fmt.Errorf("append of %d bytes exceeds %d: %w", len(payload), MaxAppendBytes, ErrInvalid)
+	}
+	vol, rest, err := readName(payload)
+	if err != nil {
+		return nil, err
+	}
+	if len(rest) < 12 {
+		return nil, fmt.Errorf("short append request: %w", ErrInvalid)
+	}
+	size := int64(binary.BigEndian.Uint64(rest))
+	count := binary.BigEndian.Uint32(rest[8:])
+	rest = rest[12:]
+	recs := make([]cdplog.Record, 0, min(count, 4096))
+	for i := uint32(0); i < count; i++ {
+		r, n, err := cdplog.DecodeRecord(rest)
+		if err != nil {
+			return nil, fmt.Errorf("append record %d of %d: %w", i, count, errors.Join(err, ErrInvalid))
+		}
+		if (r.Kind == cdplog.KindWrite || r.Kind == cdplog.KindZero) && int64(r.Offset+r.Length) > size {
+			return nil, fmt.Errorf("append record %d beyond the volume size %d: %w", r.Seq, size, ErrInvalid)
+		}
+		recs = append(recs, r)
+		rest = rest[n:]
+	}
+	if len(rest) != 0 {
+		return nil, fmt.Errorf("%d trailing bytes after append records: %w", len(rest), ErrInvalid)
+	}
+	rv, err := m.replicaFor(vol, size)
+	if err != nil {
+		return nil, err
+	}
+	acked, err := rv.appendReplica(recs)
+	if err != nil {
+		return nil, err
+	}
+	return binary.BigEndian.AppendUint64(nil, acked), nil
+}
+
+// appendReplica stores records in a replica log: duplicates are skipped, a
+// gap stops the append; the reply tells the sender where to resume.
+func (v *Volume) appendReplica(recs []cdplog.Record) (uint64, error) {
+	v.wmu.Lock()
+	defer v.wmu.Unlock()
+	added := 0
+	for i := range recs {
+		next := v.log.NextSeq()
+		if recs[i].Seq < next {
+			continue
+		}
+		if recs[i].Seq > next {
+			break
+		}
+		if _, err := v.log.Append(&recs[i]); err != nil {
+			return 0, fmt.Errorf("storing replica record %d: %w", recs[i].Seq, err)
+		}
+		added++
+	}
+	if added > 0 {
+		if err := v.log.Sync(); err != nil {
+			return 0, err
+		}
+	}
+	return v.log.NextSeq() - 1, nil
+}

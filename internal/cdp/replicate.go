@@ -1,0 +1,164 @@
+package cdp
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"time"
+)
+
+// shipLoop ships the local log to the remote log continuously: whatever is
+// not yet acknowledged by the remote, in batches, retrying with backoff
+// while the remote is unreachable (writes go on locally meanwhile).
+func (v *Volume) shipLoop(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for ctx.Err() == nil {
+		v.shipMu.Lock()
+		from := v.shipped + 1
+		v.shipMu.Unlock()
+		if from < v.log.FirstSeq() {
+			from = v.log.FirstSeq()
+		}
+		if from >= v.log.NextSeq() {
+			select {
+			case <-ctx.Done():
+				return
+			case <-v.kick:
+			case <-tick.C:
+			}
+			continue
+		}
+		recs, err := v.log.Records(from, v.m.cfg.ShipBatchBytes)
+		if err != nil {
+			v.setShipErr(err)
+			sleepCtx(ctx, backoff)
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, v.m.cfg.RemoteTimeout)
+		acked, err := v.remote.Append(cctx, v.meta.Name, v.size, recs)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			v.setShipErr(err)
+			sleepCtx(ctx, backoff)
+			backoff = min(2*backoff, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		now := time.Now()
+		v.shipMu.Lock()
+		if v.shipErr != "" {
+			v.logger.Info("remote CDP log reachable again", "remote", v.meta.Remote, "acked", acked)
+		}
+		v.shipErr = ""
+		v.shipped = acked
+		if v.degraded && acked+1 >= v.log.NextSeq() {
+			v.degraded = false
+			v.logger.Info("sync volume caught up with the remote, back to sync", "seq", acked)
+		}
+		close(v.shipCh)
+		v.shipCh = make(chan struct{})
+		v.shipMu.Unlock()
+		if m, ok := v.log.Meta(acked); ok {
+			v.lagHist.add(now.Sub(m.Time))
+		}
+	}
+}
+
+func (v *Volume) setShipErr(err error) {
+	v.shipMu.Lock()
+	defer v.shipMu.Unlock()
+	if v.shipErr == "" {
+		v.logger.Warn("shipping CDP log to the remote failed; writes go on locally", "remote", v.meta.Remote, "err", err)
+	}
+	v.shipErr = err.Error()
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// ReplicationInfo is the state of a volume's shipping to its remote log.
+type ReplicationInfo struct {
+	Remote     string  `json:"remote"`
+	Mode       Mode    `json:"mode"`
+	State      string  `json:"state"` // ok, behind, unreachable, degraded
+	ShippedSeq uint64  `json:"shipped_seq"`
+	LagRecords uint64  `json:"lag_records"`
+	LagSeconds float64 `json:"lag_seconds"` // age of the oldest record the remote lacks (the RPO now)
+	P50Seconds float64 `json:"lag_p50_seconds"`
+	P99Seconds float64 `json:"lag_p99_seconds"` // write-to-remote-ack delay over the last samples
+	LastError  string  `json:"last_error,omitempty"`
+}
+
+func (v *Volume) replicationInfo() *ReplicationInfo {
+	if v.meta.Remote == "" || v.meta.Replica {
+		return nil
+	}
+	v.shipMu.Lock()
+	ri := &ReplicationInfo{Remote: v.meta.Remote, Mode: v.meta.Mode, ShippedSeq: v.shipped, LastError: v.shipErr}
+	degraded := v.degraded
+	v.shipMu.Unlock()
+	last := v.log.NextSeq() - 1
+	if last > ri.ShippedSeq {
+		ri.LagRecords = last - ri.ShippedSeq
+		if m, ok := v.log.Meta(ri.ShippedSeq + 1); ok {
+			ri.LagSeconds = time.Since(m.Time).Seconds()
+		}
+	}
+	switch {
+	case ri.LastError != "":
+		ri.State = "unreachable"
+	case degraded:
+		ri.State = "degraded"
+	case ri.LagRecords > 0:
+		ri.State = "behind"
+	default:
+		ri.State = "ok"
+	}
+	ri.P50Seconds, ri.P99Seconds = v.lagHist.quantiles()
+	return ri
+}
+
+// lagSamples is how many recent lag samples are kept.
+const lagSamples = 8192
+
+// lagRecorder keeps the recent write-to-remote-ack delays.
+type lagRecorder struct {
+	mu   sync.Mutex
+	buf  []time.Duration
+	next int
+}
+
+func newLagRecorder() *lagRecorder { return &lagRecorder{} }
+
+func (l *lagRecorder) add(d time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.buf) < lagSamples {
+		l.buf = append(l.buf, d)
+		return
+	}
+	l.buf[l.next] = d
+	l.next = (l.next + 1) % lagSamples
+}
+
+func (l *lagRecorder) quantiles() (p50, p99 float64) {
+	l.mu.Lock()
+	s := append([]time.Duration(nil), l.buf...)
+	l.mu.Unlock()
+	if len(s) == 0 {
+		return 0, 0
+	}
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2].Seconds(), s[(len(s)*99)/100].Seconds()
+}
