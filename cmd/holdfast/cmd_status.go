@@ -1,9 +1,6 @@
 package main
 
 import (
-	"fmt"
-	"text/tabwriter"
-
 	"github.com/holdfast/holdfast/internal/agent"
 	"github.com/spf13/cobra"
 )
@@ -22,30 +19,9 @@ func newStatusCommand() *cobra.Command {
 			if globals.json {
 				return printJSON(cmd.OutOrStdout(), st)
 			}
-			printStatus(cmd, st)
-			return nil
+			return st.WriteText(cmd.OutOrStdout())
 		},
 	}
 	addStateFlag(cmd, &state)
 	return cmd
-}
-
-func printStatus(cmd *cobra.Command, st *agent.Status) {
-	w := cmd.OutOrStdout()
-	fmt.Fprintf(w, "agent %s  cluster %s  version %s  up %s\n", st.Name, st.Cluster, st.Versions["agent"], st.Uptime)
-	fmt.Fprintf(w, "listening on %s (advertised %s)\n", st.Listen, st.Advertise)
-	if len(st.Peers) == 0 {
-		fmt.Fprintln(w, "no peers")
-		return
-	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tADDRESS\tSTATE\tRTT\tAGENT VERSION\tCONFIG")
-	for _, p := range st.Peers {
-		state := "disconnected"
-		if p.Connected {
-			state = "connected (mTLS)"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.Name, p.Address, state, p.RTT, p.Versions["agent"], p.Versions["config"])
-	}
-	tw.Flush()
 }

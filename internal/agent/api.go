@@ -3,8 +3,11 @@ package agent
 import (
 	"crypto/tls"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"text/tabwriter"
 	"time"
 
 	"github.com/holdfast/holdfast/internal/buildinfo"
@@ -69,3 +72,23 @@ func WriteError(w http.ResponseWriter, code int, err error) {
 }
 
 func newTLSListener(ln net.Listener, c *tls.Config) net.Listener { return tls.NewListener(ln, c) }
+
+// WriteText writes the status as `holdfast status` shows it.
+func (st *Status) WriteText(w io.Writer) error {
+	fmt.Fprintf(w, "agent %s  cluster %s  version %s  up %s\n", st.Name, st.Cluster, st.Versions["agent"], st.Uptime)
+	fmt.Fprintf(w, "listening on %s (advertised %s)\n", st.Listen, st.Advertise)
+	if len(st.Peers) == 0 {
+		_, err := fmt.Fprintln(w, "no peers")
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER\tADDRESS\tSTATE\tRTT\tAGENT VERSION\tCONFIG")
+	for _, p := range st.Peers {
+		state := "disconnected"
+		if p.Connected {
+			state = "connected (mTLS)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.Name, p.Address, state, p.RTT, p.Versions["agent"], p.Versions["config"])
+	}
+	return tw.Flush()
+}
