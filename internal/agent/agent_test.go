@@ -2,6 +2,10 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"net/http"
 	"io"
 	"log/slog"
 	"net"
@@ -242,5 +246,69 @@ func TestConfigValidateAndRoundTrip(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, ConfigFile), []byte("name = \"n1\"\nbogus = 1\n"), 0o644)
 	if _, err := LoadConfig(dir); err == nil || !strings.Contains(err.Error(), "unknown keys") {
 		t.Fatalf("unknown key: got %v", err)
+	}
+}
+
+func TestTCPAPIRequiresClusterCertificate(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := Init(dir, InitOptions{Name: "api", Listen: freeAddr(t)}); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := LoadConfig(dir)
+	c.APIListen = freeAddr(t)
+	if err := WriteConfig(dir, c); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := runAgent(t, dir)
+	id := a.Identity()
+	url := "https://" + c.APIListen + "/v1/status"
+
+	// A cluster member's certificate is served.
+	member := &http.Client{Transport: &http.Transport{TLSClientConfig: id.ClientTLS(testLogger(t))}}
+	resp, err := member.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st Status
+	json.NewDecoder(resp.Body).Decode(&st)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || st.Name != "api" {
+		t.Fatalf("member: %s, status name %q", resp.Status, st.Name)
+	}
+	// No client certificate: refused during the handshake.
+	pool := x509.NewCertPool()
+	pool.AddCert(id.CA.Cert)
+	anon := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "api"}}}
+	if resp, err := anon.Get(url); err == nil {
+		resp.Body.Close()
+		t.Fatalf("a client without a certificate got %s", resp.Status)
+	}
+	// Another cluster's certificate: refused too.
+	other, _ := cluster.Init(t.TempDir(), "intruder")
+	stranger := &http.Client{Transport: &http.Transport{TLSClientConfig: other.ClientTLS(testLogger(t))}}
+	if resp, err := stranger.Get(url); err == nil {
+		resp.Body.Close()
+		t.Fatalf("a client of another cluster got %s", resp.Status)
+	}
+}
+
+func TestHealthzAndMetrics(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := Init(dir, InitOptions{Name: "m", Listen: freeAddr(t)}); err != nil {
+		t.Fatal(err)
+	}
+	runAgent(t, dir)
+	c := NewClient(dir)
+	hc := c.hc
+	for path, want := range map[string]string{"/healthz": "ok", "/metrics": "holdfast_peers_connected 0"} {
+		resp, err := hc.Get("http://agent" + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(b), want) {
+			t.Errorf("%s: body lacks %q:\n%.500s", path, want, b)
+		}
 	}
 }
