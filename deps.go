@@ -3,6 +3,7 @@
 package tools
 
 import (
+	_ "github.com/digitalocean/go-qemu/qmp"
 	_ "github.com/hanwen/go-fuse/v2/fs"
 	_ "github.com/hashicorp/memberlist"
 	_ "github.com/johannesboyne/gofakes3"
@@ -17,8 +18,7 @@ import (
 	_ "github.com/vishvananda/netns"
 	_ "github.com/zeebo/blake3"
 	_ "go.etcd.io/bbolt"
-	_ "golang.org/x/crypto/chacha20poly1305"
 	_ "golang.org/x/crypto/argon2"
+	_ "golang.org/x/crypto/chacha20poly1305"
 	_ "golang.org/x/sys/unix"
-	_ "github.com/digitalocean/go-qemu/qmp"
 )
