@@ -151,6 +151,9 @@ func parseHeader(h []byte) (header, error) {
 		offset:  binary.LittleEndian.Uint64(h[32:]),
 		length:  binary.LittleEndian.Uint64(h[40:]),
 	}
+	if h[25]|h[26]|h[27] != 0 {
+		return header{}, fmt.Errorf("non-zero padding in record header: %w", ErrCorrupt)
+	}
 	if hd.dataLen > MaxRecordData {
 		return header{}, fmt.Errorf("record data length %d exceeds %d: %w", hd.dataLen, MaxRecordData, ErrCorrupt)
 	}
