@@ -68,4 +68,3 @@ func runIperf(t *testing.T, src, dst *Host, port, secs, omit int, extra ...strin
 	t.Fatalf("iperf3 %s -> %s: %v\n%s", src, dst, err, out)
 	return iperfResult{}
 }
-

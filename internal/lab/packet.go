@@ -82,7 +82,7 @@ func dscpOf(b []byte, n int) (dscp uint8, host int) {
 	}
 	switch b[0] >> 4 {
 	case 4:
-		if len(b) < ipv4MinHeader {
+		if ihl := int(b[0]&0x0f) * 4; len(b) < ipv4MinHeader || ihl < ipv4MinHeader || ihl > len(b) {
 			return 0, -1
 		}
 		return b[1] >> 2, hostIndex4([4]byte(b[16:20]), n)

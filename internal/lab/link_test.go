@@ -1,0 +1,170 @@
+package lab
+
+import (
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+)
+
+// sink collects what a link delivers, standing in for the destination TUN
+// device so the scheduler can be tested without root.
+type sink struct {
+	mu    sync.Mutex
+	dscps []uint8
+	at    []time.Time
+}
+
+func (s *sink) out(b []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dscps = append(s.dscps, b[1]>>2)
+	s.at = append(s.at, time.Now())
+	return nil
+}
+
+func (s *sink) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.dscps)
+}
+
+func (s *sink) snapshot() ([]uint8, []time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]uint8(nil), s.dscps...), append([]time.Time(nil), s.at...)
+}
+
+// testLink starts a link whose output is a sink.
+func testLink(t *testing.T, p Path) (*link, *sink) {
+	t.Helper()
+	clk, err := newClock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &sink{}
+	lk, err := newLink(0, 1, clk, DefaultMTU, p, 1, s.out, func(*packet) {}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(lk.run)
+	t.Cleanup(func() { lk.close(); wg.Wait() })
+	return lk, s
+}
+
+func testPacket(size int, dscp uint8) *packet {
+	p := &packet{buf: make([]byte, DefaultMTU), n: size, dscp: dscp}
+	copy(p.buf, ipv4Packet(dscp<<2, HostAddr(0), HostAddr(1), 17))
+	return p
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestLinkTailDropExact(t *testing.T) {
+	// 80 kbit/s = 10 kB/s: during the instant burst only the first packet
+	// (covered by the one-MTU bucket) leaves; 5 fit the 5000 B queue.
+	lk, s := testLink(t, Path{Rate: 80000, QueueBytes: 5000})
+	for range 20 {
+		lk.enqueue(testPacket(1000, 0))
+	}
+	st := lk.snapshot()
+	if st.Total.InPackets != 20 || st.Total.QueueDrops != 14 || st.Total.QueueBytes != 5000 || st.Total.MaxQueueBytes != 5000 {
+		t.Fatalf("after a 20-packet burst: %+v; want 14 tail drops and 5000 B queued", st.Total)
+	}
+	if s.count() != 1 {
+		t.Errorf("%d packets left at once, want 1", s.count())
+	}
+}
+
+func TestLinkStrictPriorityOrder(t *testing.T) {
+	lk, s := testLink(t, Path{Rate: 8e6, QueueBytes: 100000, Sched: Sched{Mode: SchedStrict}})
+	for range 10 {
+		lk.enqueue(testPacket(1000, DSCPDefault))
+	}
+	for range 5 {
+		lk.enqueue(testPacket(1000, DSCPEF))
+	}
+	for range 3 {
+		lk.enqueue(testPacket(1000, DSCPLE))
+	}
+	waitFor(t, "18 packets", func() bool { return s.count() == 18 })
+	got, _ := s.snapshot()
+	// The first default packet left before the others arrived; then all EF,
+	// the remaining default, and scavenger last.
+	want := []uint8{0, 46, 46, 46, 46, 46, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("delivery order %v, want %v", got, want)
+		}
+	}
+}
+
+func TestLinkWeightedShare(t *testing.T) {
+	classes := []Class{{Name: "gold", DSCP: []uint8{DSCPAF41}, Weight: 3}, {Name: "rest", Weight: 1}}
+	lk, s := testLink(t, Path{Rate: 80e6, QueueBytes: 1 << 20, Sched: Sched{Mode: SchedWeighted, Classes: classes}})
+	for range 200 {
+		lk.enqueue(testPacket(1000, DSCPAF41))
+		lk.enqueue(testPacket(1000, DSCPDefault))
+	}
+	waitFor(t, "400 packets", func() bool { return s.count() == 400 })
+	got, _ := s.snapshot()
+	gold := 0
+	for _, d := range got[:200] { // while both classes are backlogged
+		if d == DSCPAF41 {
+			gold++
+		}
+	}
+	if gold < 140 || gold > 160 {
+		t.Errorf("gold got %d of the first 200 slots, want about 150 (3:1)", gold)
+	}
+	st := lk.snapshot()
+	if c := st.Class("gold"); c.OutPackets != 200 || c.InPackets != 200 {
+		t.Errorf("gold counters %+v", c)
+	}
+}
+
+func TestLinkRateAndDelay(t *testing.T) {
+	// 100 packets of 1250 B at 10 Mbit/s take 100 ms after a 30 ms delay.
+	lk, s := testLink(t, Path{Rate: 10e6, Delay: 30 * time.Millisecond, QueueBytes: 1 << 20})
+	start := time.Now()
+	for range 100 {
+		lk.enqueue(testPacket(1250, 0))
+	}
+	waitFor(t, "100 packets", func() bool { return s.count() == 100 })
+	_, at := s.snapshot()
+	first, span := at[0].Sub(start), at[99].Sub(at[0])
+	t.Logf("first after %v, last 99 over %v", first, span)
+	if first < 30*time.Millisecond || first > 33*time.Millisecond {
+		t.Errorf("first packet after %v, want 30 ms", first)
+	}
+	if span < 98*time.Millisecond || span > 104*time.Millisecond {
+		t.Errorf("99 packets of 1250 B at 10 Mbit/s took %v, want 99 ms", span)
+	}
+}
+
+func TestLinkJitterKeepsOrder(t *testing.T) {
+	lk, s := testLink(t, Path{Delay: 5 * time.Millisecond, Jitter: 4 * time.Millisecond})
+	for i := range 50 {
+		p := testPacket(100, uint8(i)) // the DSCP numbers the packets
+		lk.enqueue(p)
+		time.Sleep(100 * time.Microsecond)
+	}
+	waitFor(t, "50 packets", func() bool { return s.count() == 50 })
+	got, _ := s.snapshot()
+	for i := range got {
+		if got[i] != uint8(i) {
+			t.Fatalf("jitter without reorder reordered packets: %v", got)
+		}
+	}
+}
