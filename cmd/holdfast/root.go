@@ -41,6 +41,7 @@ func newRootCommand() *cobra.Command {
 		newStatusCommand(),
 		newQuickstartCommand(),
 		newVolumeCommand(),
+		newNetdiagCommand(),
 	)
 	return root
 }

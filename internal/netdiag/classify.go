@@ -17,8 +17,7 @@ const (
 	// path's).
 	ClassNetwork Class = "network"
 	// ClassReceivingApp: the receiver did not take the data fast enough
-	// (receive window limited, zero window, full receive queue, slow
-	// hand-off).
+	// (receive window limited, zero window, slow hand-off).
 	ClassReceivingApp Class = "receiving application"
 	// ClassSendingApp: the sender had nothing to send for much of the
 	// transfer (its own gaps).
@@ -39,7 +38,8 @@ type Thresholds struct {
 	RwndShare float64
 	// ZeroWindowShare: share of active samples with a zero window.
 	ZeroWindowShare float64
-	// RecvQueueFullShare: share of receive-side samples with a full queue.
+	// RecvQueueFullShare: share of receive-side samples with this host's
+	// receive queue full (reported, not classified: see Classify).
 	RecvQueueFullShare float64
 	// ReceiverAppShare and MinReceiverApp: median receiver hand-off delay as
 	// a share of median transit, and its smallest absolute value.
@@ -140,15 +140,6 @@ func Classify(s PeerSummary, t Thresholds) Verdict {
 		add(ClassInsufficient, "active_time", s.ActiveSeconds, t.MinActive.Seconds(), "s", true,
 			"%.2f s of active sending and %s acknowledged (need %v and %s)",
 			s.ActiveSeconds, fmtBytes(float64(s.BytesAcked)), t.MinActive, fmtBytes(float64(t.MinBytes)))
-		// A receiver-side full queue is still worth reporting.
-		if s.RecvSamples >= 3 && s.RecvQueueFullShare >= t.RecvQueueFullShare {
-			add(ClassReceivingApp, "recvq_full", s.RecvQueueFullShare, t.RecvQueueFullShare, "share", true,
-				"receive queue at least %.0f%% of SO_RCVBUF in %d of %d receiving samples",
-				recvQueueFullFraction*100, s.RecvQueueFullSamples, s.RecvSamples)
-			v.Class = ClassReceivingApp
-			v.Scores[ClassReceivingApp] = s.RecvQueueFullShare
-			return v
-		}
 		v.Class = ClassInsufficient
 		return v
 	}
@@ -168,13 +159,12 @@ func Classify(s PeerSummary, t Thresholds) Verdict {
 		recvScore = max(recvScore, s.ZeroWindowShare)
 	}
 	if s.RecvSamples > 0 {
-		fired = s.RecvSamples >= 3 && s.RecvQueueFullShare >= t.RecvQueueFullShare
-		add(ClassReceivingApp, "recvq_full", s.RecvQueueFullShare, t.RecvQueueFullShare, "share", fired,
-			"receive queue at least %.0f%% of SO_RCVBUF in %d of %d receiving samples",
+		// The receive queue measured here is the monitoring host's own: it
+		// says this host's reader fell behind, not the peer. It is reported
+		// as a figure and never fires for the peer.
+		add(ClassReceivingApp, "local_recvq_full", s.RecvQueueFullShare, t.RecvQueueFullShare, "share", false,
+			"note: this host's own receive queue was at least %.0f%% of SO_RCVBUF in %d of %d receiving samples",
 			recvQueueFullFraction*100, s.RecvQueueFullSamples, s.RecvSamples)
-		if fired {
-			recvScore = max(recvScore, s.RecvQueueFullShare)
-		}
 	}
 	if s.Msgs > 0 {
 		fired = s.ReceiverAppShare >= t.ReceiverAppShare && s.ReceiverAppP50 >= t.MinReceiverApp
