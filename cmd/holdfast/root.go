@@ -42,6 +42,7 @@ func newRootCommand() *cobra.Command {
 		newQuickstartCommand(),
 		newVolumeCommand(),
 		newNetdiagCommand(),
+		newLabCommand(),
 	)
 	return root
 }
