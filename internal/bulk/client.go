@@ -1,0 +1,327 @@
+package bulk
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/holdfast/holdfast/internal/pace"
+	"github.com/holdfast/holdfast/internal/wire"
+)
+
+// Client defaults and limits.
+const (
+	// DefaultAssumedBandwidth sizes the buffers of the first connection to a
+	// peer, before any transfer has measured the path (bytes per second;
+	// 1 Gbit/s).
+	DefaultAssumedBandwidth = 125e6
+	// DefaultIdleTimeout is how long an unused primed connection is kept.
+	DefaultIdleTimeout = 5 * time.Minute
+	// MaxStreams bounds the connections of one transfer.
+	MaxStreams = 64
+	// DefaultMaxStreams is the most connections --streams auto grows to.
+	DefaultMaxStreams = 16
+)
+
+// ClientConfig configures a Client.
+type ClientConfig struct {
+	// TLS is the client's mTLS configuration (cluster.Identity.ClientTLS).
+	TLS *tls.Config
+	// Node is this node's name, stamped on frames.
+	Node string
+	// Versions, when set, supplies the version vector stamped on frames.
+	Versions func() wire.VersionVector
+	// Dial, when set, opens the TCP connection (lab tests dial inside a
+	// namespace). It must return a *net.TCPConn. Socket options bulk needs
+	// before connect are applied through Control, which Dial receives.
+	Dial func(ctx context.Context, network, addr string, control func(network, address string, c syscall.RawConn) error) (net.Conn, error)
+	// CC is the congestion control every connection uses ("cubic",
+	// "bbr", "reno"; empty keeps the system default).
+	CC string
+	// AssumedBandwidth sizes buffers before the path is known (bytes/s).
+	AssumedBandwidth float64
+	// IdleTimeout closes pooled connections unused for this long.
+	IdleTimeout time.Duration
+	// Service, when set, serves fetches: the peer sends files back over
+	// this client's connections into the service's root.
+	Service *Service
+	// Logger receives events (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// Validate reports a bad configuration.
+func (c ClientConfig) Validate() error {
+	if c.TLS == nil {
+		return errors.New("bulk: client has no TLS configuration")
+	}
+	if c.AssumedBandwidth < 0 || c.IdleTimeout < 0 {
+		return errors.New("bulk: negative assumed bandwidth or idle timeout")
+	}
+	switch c.CC {
+	case "", "cubic", "bbr", "reno":
+	default:
+		return fmt.Errorf("bulk: unknown congestion control %q (want cubic, bbr or reno)", c.CC)
+	}
+	return nil
+}
+
+// pathInfo is what earlier transfers learned about the path to a peer.
+type pathInfo struct {
+	rtt time.Duration
+	bw  float64
+}
+
+// Client sends transfers to peers over pools of primed connections. One
+// Client keeps, per peer, the connections of finished transfers open and
+// primed, so the next transfer to that peer starts at full speed.
+type Client struct {
+	cfg ClientConfig
+	log *slog.Logger
+
+	mu     sync.Mutex
+	idle   map[string][]*conn
+	paths  map[string]pathInfo
+	nextID int
+	closed bool
+	stop   chan struct{}
+}
+
+// NewClient returns a client with cfg.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.AssumedBandwidth == 0 {
+		cfg.AssumedBandwidth = DefaultAssumedBandwidth
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	c := &Client{cfg: cfg, log: log, idle: map[string][]*conn{}, paths: map[string]pathInfo{}, stop: make(chan struct{})}
+	go c.janitor()
+	return c, nil
+}
+
+// Close closes every pooled connection.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	close(c.stop)
+	idle := c.idle
+	c.idle = map[string][]*conn{}
+	c.mu.Unlock()
+	for _, cs := range idle {
+		for _, cn := range cs {
+			cn.sess.Close()
+		}
+	}
+	return nil
+}
+
+func (c *Client) janitor() {
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+		}
+		cut := time.Now().Add(-c.cfg.IdleTimeout).UnixNano()
+		c.mu.Lock()
+		for peer, cs := range c.idle {
+			keep := cs[:0]
+			for _, cn := range cs {
+				if cn.lastUsed.Load() < cut || !cn.alive() {
+					cn.sess.Close()
+				} else {
+					keep = append(keep, cn)
+				}
+			}
+			c.idle[peer] = keep
+		}
+		c.mu.Unlock()
+	}
+}
+
+// Pooled returns how many primed connections to peer are idle in the pool.
+func (c *Client) Pooled(peer string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.idle[peer])
+}
+
+// acquire returns n connections to peer: pooled ones first (re-primed when
+// their window collapsed while idle), then new ones, dialled and primed in
+// parallel. It fails only when no connection at all can be had.
+func (c *Client) acquire(ctx context.Context, peer string, n int) ([]*conn, error) {
+	c.mu.Lock()
+	pool := c.idle[peer]
+	var got []*conn
+	for len(pool) > 0 && len(got) < n {
+		cn := pool[len(pool)-1]
+		pool = pool[:len(pool)-1]
+		if cn.alive() {
+			got = append(got, cn)
+		}
+	}
+	c.idle[peer] = pool
+	c.mu.Unlock()
+	for _, cn := range got {
+		cn.prime.Reprimed = false
+		if err := cn.reprime(ctx); err != nil {
+			cn.sess.Close()
+		}
+	}
+	live := got[:0]
+	for _, cn := range got {
+		if cn.alive() {
+			live = append(live, cn)
+		}
+	}
+	got = live
+	need := n - len(got)
+	if need <= 0 {
+		return got, nil
+	}
+	type res struct {
+		cn  *conn
+		err error
+	}
+	ch := make(chan res, need)
+	for i := 0; i < need; i++ {
+		go func() {
+			cn, err := c.dial(ctx, peer)
+			ch <- res{cn, err}
+		}()
+	}
+	var firstErr error
+	for i := 0; i < need; i++ {
+		r := <-ch
+		if r.err != nil {
+			if firstErr == nil {
+				firstErr = r.err
+			}
+			continue
+		}
+		got = append(got, r.cn)
+	}
+	if len(got) == 0 {
+		return nil, firstErr
+	}
+	if firstErr != nil {
+		c.log.Warn("some connections could not be opened", "peer", peer, "opened", len(got), "wanted", n, "err", firstErr)
+	}
+	return got, nil
+}
+
+// release returns connections to the pool.
+func (c *Client) release(peer string, cs []*conn) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, cn := range cs {
+		cn.setAckHandler(nil)
+		if c.closed || !cn.alive() {
+			cn.sess.Close()
+			continue
+		}
+		cn.lastUsed.Store(time.Now().UnixNano())
+		c.idle[peer] = append(c.idle[peer], cn)
+	}
+}
+
+func (c *Client) learn(peer string, rtt time.Duration, bw float64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if rtt > 0 && bw > 0 {
+		c.paths[peer] = pathInfo{rtt: rtt, bw: bw}
+	}
+}
+
+// dial opens and primes one connection to peer.
+func (c *Client) dial(ctx context.Context, peer string) (*conn, error) {
+	c.mu.Lock()
+	c.nextID++
+	id := c.nextID
+	pi, known := c.paths[peer]
+	c.mu.Unlock()
+	bw := c.cfg.AssumedBandwidth
+	if known {
+		bw = pi.bw
+	}
+	// Before connect the RTT is unknown: size buffers for the RTT seen
+	// before, or for 100 ms, capped by the kernel. The receive buffer is
+	// left to the kernel's autotuning (tcp_rmem), which may go higher than
+	// an explicit SO_RCVBUF (capped by rmem_max).
+	rtt := 100 * time.Millisecond
+	if known {
+		rtt = pi.rtt
+	}
+	snd := max(int(2*bw*rtt.Seconds()), minBuffer)
+	control := socketControl(snd, 0, c.cfg.CC)
+	cn := &conn{id: id, peer: peer}
+	mux := &wire.Mux{}
+	mux.Handle(MsgAck, func(ctx context.Context, req *wire.Request) ([]byte, error) {
+		a, err := parseAck(req.Payload)
+		if err != nil {
+			return nil, err
+		}
+		cn.handleAck(a)
+		return nil, nil
+	})
+	mux.Handle(MsgPing, func(ctx context.Context, req *wire.Request) ([]byte, error) { return nil, nil })
+	mux.Handle(MsgPrime, func(ctx context.Context, req *wire.Request) ([]byte, error) { return nil, nil })
+	if c.cfg.Service != nil {
+		mux.Handle(MsgBegin, c.cfg.Service.handleBegin)
+		mux.Handle(MsgBlock, c.cfg.Service.handleBlock)
+		mux.Handle(MsgCommit, c.cfg.Service.handleCommit)
+		mux.Handle(MsgEnd, c.cfg.Service.handleEnd)
+	}
+	wcfg := &wire.Config{Node: c.cfg.Node, Versions: c.cfg.Versions, Mux: mux, Logger: c.log, MaxPayload: MaxBlockSize + 4096}
+	dialer := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if c.cfg.Dial != nil {
+			return c.cfg.Dial(ctx, network, addr, control)
+		}
+		d := net.Dialer{Control: control}
+		return d.DialContext(ctx, network, addr)
+	}
+	s, err := wire.Dial(ctx, "tcp", peer, c.cfg.TLS, wcfg, dialer)
+	if err != nil {
+		return nil, err
+	}
+	tcp, ok := s.NetConn().(*net.TCPConn)
+	if !ok {
+		s.Close()
+		return nil, errNoTCP
+	}
+	cn.sess, cn.tcp = s, tcp
+	if err := cn.primeConn(ctx, bw, c.cfg.CC); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("priming connection to %s: %w", peer, err)
+	}
+	c.log.Debug("connection primed", "peer", peer, "conn", id, "rtt", cn.prime.RTT, "sndbuf", cn.prime.SndBuf,
+		"capped", cn.prime.SndBufCapped, "cwnd_before", cn.prime.CwndBefore, "cwnd_after", cn.prime.CwndAfter)
+	return cn, nil
+}
+
+// newEstimator returns the pacing estimator of a transfer.
+func newEstimator(opts Options) *pace.Estimator {
+	cfg := pace.DefaultConfig()
+	cfg.Limit = opts.RateLimit
+	e, _ := pace.NewEstimator(cfg)
+	return e
+}

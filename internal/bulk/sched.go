@@ -1,0 +1,581 @@
+package bulk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"github.com/holdfast/holdfast/internal/pace"
+)
+
+// worker sends the blocks assigned to one connection, one message at a
+// time, each after the transfer's pacer grants it a slot.
+func (t *transfer) worker(st *connState) {
+	buf := make([]byte, blockHeaderSize+t.bs)
+	for {
+		select {
+		case <-st.wake:
+		case <-t.ctx.Done():
+			return
+		}
+		for {
+			t.mu.Lock()
+			if st.dead || len(st.pending) == 0 || t.ctx.Err() != nil {
+				st.busy = false
+				st.finish = time.Now()
+				t.cond.Broadcast()
+				t.mu.Unlock()
+				break
+			}
+			ref := st.pending[0]
+			st.pending = st.pending[1:]
+			t.mu.Unlock()
+			if err := t.sendBlock(st, ref, buf); err != nil {
+				t.connFailed(st, []blockRef{ref}, err)
+				return
+			}
+		}
+	}
+}
+
+// sendBlock sends one block on st. A source problem fails the file, not
+// the connection (nil is returned); an error means the connection failed.
+func (t *transfer) sendBlock(st *connState, ref blockRef, buf []byte) error {
+	f, i := ref.f, ref.idx
+	n := blockLen(f.src.Size, t.bs, i)
+	h := blockHeader{ID: t.id, File: uint32(f.entry), Index: uint32(i), Len: uint32(n)}
+	payload := buf[:blockHeaderSize+n]
+	if blockIsHole(f.regions, int64(i)*int64(t.bs), int64(n)) {
+		h.Flags = flagHole
+		h.Sum = zeroSum(n)
+		payload = buf[:blockHeaderSize]
+	} else {
+		if err := f.rd.readBlock(f, i, t.bs, buf[blockHeaderSize:blockHeaderSize+n]); err != nil {
+			t.fileFailed(f, fmt.Errorf("reading %s: %w", f.src.local, err))
+			return nil
+		}
+		h.Sum = blockSum(buf[blockHeaderSize : blockHeaderSize+n])
+	}
+	t.mu.Lock()
+	if f.failed {
+		t.mu.Unlock()
+		return nil
+	}
+	if f.summed[i] && f.sums[i] != h.Sum {
+		t.mu.Unlock()
+		t.fileFailed(f, fmt.Errorf("%w: block %d of %s differs from when it was first read", ErrSourceChanged, i, f.src.local))
+		return nil
+	}
+	f.sums[i], f.summed[i] = h.Sum, true
+	t.nextMsg++
+	h.Msg = t.nextMsg
+	t.mu.Unlock()
+
+	if err := t.pacer.Wait(t.ctx, len(payload)); err != nil {
+		return err
+	}
+	now := time.Now()
+	h.SentNano = now.UnixNano()
+	h.put(buf)
+	t.mu.Lock()
+	st.infl[h.Msg] = inflight{ref: ref, size: n, at: now}
+	t.mu.Unlock()
+	if t.opts.Tracer != nil {
+		t.opts.Tracer.Sent(st.c.id, h.Msg, now, len(payload))
+	}
+	err := st.c.sess.Send(t.ctx, MsgBlock, payload)
+	t.mu.Lock()
+	st.sendDur += time.Since(now)
+	if err == nil {
+		st.sentR += int64(n)
+		if h.Flags&flagHole != 0 {
+			t.holes += int64(n)
+		} else {
+			t.sent += int64(n)
+		}
+	}
+	t.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("sending block: %w", err)
+	}
+	if t.opts.testHook != nil {
+		t.opts.testHook("sent", st.c.id)
+	}
+	return nil
+}
+
+// fileFailed gives up on one file; the others go on.
+func (t *transfer) fileFailed(f *sendFile, err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if f.failed {
+		return
+	}
+	f.failed = true
+	t.errs = append(t.errs, fmt.Sprintf("%s: %v (partial data kept on the receiver; rerun with --resume)", f.src.local, err))
+	t.cl.log.Warn("file failed", "file", f.src.local, "err", err)
+	t.cond.Broadcast()
+}
+
+// connFailed takes a connection out of the transfer and puts everything it
+// held (the block in hand, its unsent assignment, its unacknowledged
+// blocks) back at the head of the queue for the others.
+func (t *transfer) connFailed(st *connState, held []blockRef, err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if st.dead {
+		return
+	}
+	st.dead = true
+	st.busy = false
+	st.finish = time.Now()
+	if t.ctx.Err() == nil {
+		st.rep.Failed = err.Error()
+		t.cl.log.Warn("connection lost; continuing on the others", "peer", t.peer, "conn", st.c.id, "err", err)
+	}
+	back := append([]blockRef(nil), held...)
+	back = append(back, st.pending...)
+	st.pending = nil
+	for _, in := range st.infl {
+		back = append(back, in.ref)
+	}
+	st.infl = map[uint64]inflight{}
+	t.requeueLocked(back)
+	st.c.sess.Close()
+	t.cond.Broadcast()
+}
+
+// requeueLocked puts blocks not yet acknowledged back at the head of the
+// queue, in file order.
+func (t *transfer) requeueLocked(refs []blockRef) {
+	var back []blockRef
+	for _, r := range refs {
+		if !r.f.acked[r.idx] && !r.f.failed {
+			back = append(back, r)
+			t.resent++
+		}
+	}
+	sort.Slice(back, func(a, b int) bool {
+		if back[a].f.entry != back[b].f.entry {
+			return back[a].f.entry < back[b].f.entry
+		}
+		return back[a].idx < back[b].idx
+	})
+	t.queue = append(back, t.queue...)
+}
+
+func (t *transfer) fileByEntry(e uint32) *sendFile {
+	// Files are few compared with blocks; a binary search over entry
+	// indices (files are in entry order).
+	i := sort.Search(len(t.files), func(i int) bool { return t.files[i].entry >= int(e) })
+	if i < len(t.files) && t.files[i].entry == int(e) {
+		return t.files[i]
+	}
+	return nil
+}
+
+// onAck handles the receiver's acknowledgement of one block.
+func (t *transfer) onAck(st *connState, a ack) {
+	if a.ID != t.id {
+		return
+	}
+	now := time.Now()
+	t.mu.Lock()
+	delete(st.infl, a.Msg)
+	st.lastAck = now
+	f := t.fileByEntry(a.File)
+	if f == nil || int(a.Index) >= f.n {
+		t.mu.Unlock()
+		return
+	}
+	switch a.Status {
+	case ackOK:
+		if !f.acked[a.Index] {
+			n := int64(blockLen(f.src.Size, t.bs, int(a.Index)))
+			f.acked[a.Index] = true
+			f.nacked++
+			t.acked += n
+			st.rep.Bytes += n
+			st.rep.Blocks++
+			f.rd.release(f, int(a.Index))
+			if f.nacked == f.n && !f.failed && !t.commitsClosed {
+				t.commits <- f
+			}
+		}
+	case ackBadSum:
+		t.cl.log.Warn("receiver found a bad checksum; sending the block again", "file", f.src.local, "block", a.Index)
+		t.requeueLocked([]blockRef{{f, int(a.Index)}})
+	default:
+		if t.fatal == nil {
+			t.fatal = fmt.Errorf("bulk: receiver %s: %s", t.peer, a.Err)
+			if a.Status == ackFull {
+				t.fatal = fmt.Errorf("%w: %s", ErrDestFull, a.Err)
+			}
+			t.cancel(t.fatal)
+		}
+	}
+	if t.recvLast.WriteNano != 0 && a.WriteNano-t.recvLast.WriteNano >= int64(50*time.Millisecond) {
+		t.recvRate = float64(a.Total-t.recvLast.Total) / (float64(a.WriteNano-t.recvLast.WriteNano) / 1e9)
+		t.est.ReceiverRate(now, t.recvRate)
+		t.recvLast = a
+	} else if t.recvLast.WriteNano == 0 {
+		t.recvLast = a
+	}
+	t.est.Delivered(now, t.acked)
+	t.cond.Broadcast()
+	t.mu.Unlock()
+	if t.opts.Tracer != nil {
+		t.opts.Tracer.Acked(st.c.id, a.Msg, time.Unix(0, a.RecvNano), time.Unix(0, a.WriteNano), now)
+	}
+}
+
+// ErrDestFull reports that the receiver ran out of space.
+var ErrDestFull = errors.New("destination disk full")
+
+// committer asks the receiver to finish each file whose blocks are all
+// acknowledged, after checking that the source did not change meanwhile.
+func (t *transfer) committer() {
+	for f := range t.commits {
+		t.mu.Lock()
+		failed := f.failed
+		t.mu.Unlock()
+		if failed {
+			continue
+		}
+		if f.f != nil {
+			if msg := f.src.changed(); msg != "" {
+				t.fileFailed(f, fmt.Errorf("%w: %s", ErrSourceChanged, msg))
+				continue
+			}
+		}
+		t.mu.Lock()
+		hash := fileHash(f.src.Size, t.bs, f.sums)
+		t.mu.Unlock()
+		if _, err := t.call(MsgCommit, mustJSON(commitReq{ID: t.id, File: f.entry, Hash: hash})); err != nil {
+			t.fileFailed(f, err)
+			continue
+		}
+		t.mu.Lock()
+		f.done = true
+		t.cond.Broadcast()
+		t.mu.Unlock()
+	}
+}
+
+func (t *transfer) allDoneLocked() bool {
+	for _, f := range t.files {
+		if !f.done && !f.failed {
+			return false
+		}
+	}
+	return true
+}
+
+// schedule runs the transfer as a sequence of sub-transfers until every
+// file is committed or failed.
+func (t *transfer) schedule(rep *Report) {
+	stopTick := make(chan struct{})
+	defer close(stopTick)
+	go func() {
+		tk := time.NewTicker(50 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			select {
+			case <-stopTick:
+				return
+			case <-tk.C:
+				t.mu.Lock()
+				t.cond.Broadcast()
+				t.mu.Unlock()
+			}
+		}
+	}()
+	auto := t.opts.Streams == 0
+	t.mu.Lock()
+	k := len(t.conns)
+	rtt := t.rtt
+	t.mu.Unlock()
+	roundTime := t.opts.RoundTime
+	if roundTime == 0 {
+		roundTime = max(MinRoundTime, 4*rtt)
+	}
+	stall := max(minStall, 8*rtt)
+	var bestG float64
+	hold := 0
+	grew := false
+	var adding atomic.Bool
+	defer func() {
+		t.mu.Lock()
+		t.commitsClosed = true
+		t.mu.Unlock()
+	}()
+	for {
+		t.mu.Lock()
+		if t.fatal != nil || t.ctx.Err() != nil || t.allDoneLocked() {
+			if t.fatal == nil && t.ctx.Err() != nil && !t.allDoneLocked() {
+				t.fatal = fmt.Errorf("bulk: transfer to %s: %w", t.peer, context.Cause(t.ctx))
+			}
+			t.mu.Unlock()
+			return
+		}
+		now := time.Now()
+		var live []*connState
+		for _, st := range t.conns {
+			if st.dead || !st.c.alive() {
+				if !st.dead {
+					t.mu.Unlock()
+					t.connFailed(st, nil, errors.New("session closed"))
+					t.mu.Lock()
+				}
+				continue
+			}
+			live = append(live, st)
+			// A connection that carries unacknowledged blocks but has
+			// heard nothing for a long time is stalled: its blocks go to
+			// the others and it sits out.
+			if len(st.infl) > 0 && now.Sub(st.lastAck) > stall {
+				var back []blockRef
+				for _, in := range st.infl {
+					back = append(back, in.ref)
+				}
+				st.infl = map[uint64]inflight{}
+				t.requeueLocked(back)
+				st.bench = benchRounds
+				t.cl.log.Warn("connection stalled; re-sending its blocks elsewhere", "conn", st.c.id, "blocks", len(back))
+			}
+		}
+		if len(live) == 0 {
+			t.mu.Unlock()
+			cs, err := t.cl.acquire(t.ctx, t.peer, 1)
+			if err != nil {
+				t.mu.Lock()
+				t.fatal = fmt.Errorf("bulk: every connection to %s was lost and none could be reopened (rerun with --resume): %w", t.peer, err)
+				t.mu.Unlock()
+				return
+			}
+			t.addConn(cs[0], false)
+			continue
+		}
+		if len(t.queue) == 0 {
+			t.cond.Wait()
+			t.mu.Unlock()
+			continue
+		}
+		// Choose the subset: idle, not sitting out, fastest first.
+		var cand, benched []*connState
+		for _, st := range live {
+			if st.busy {
+				continue
+			}
+			if st.bench > 0 {
+				st.bench--
+				st.rep.LeftOut++
+				benched = append(benched, st)
+				continue
+			}
+			cand = append(cand, st)
+		}
+		if len(cand) == 0 {
+			if len(benched) == 0 {
+				t.cond.Wait() // everyone is busy finishing a straggling send
+				t.mu.Unlock()
+				continue
+			}
+			cand = benched // nobody else: probe those sitting out
+		}
+		sort.SliceStable(cand, func(a, b int) bool { return cand[a].rate > cand[b].rate })
+		if len(cand) > k {
+			cand = cand[:k]
+		}
+		bw := t.est.Bandwidth()
+		for _, st := range cand {
+			amount := st.rate * roundTime.Seconds()
+			if amount == 0 {
+				amount = bw * roundTime.Seconds() / float64(len(cand))
+			}
+			if st.rep.Rounds == 0 && st.rate == 0 && bw == 0 {
+				amount = float64(max(st.c.prime.BDP, 4*int64(t.bs)))
+			}
+			blocks := max(2, int(amount)/t.bs)
+			blocks = min(blocks, 256, len(t.queue))
+			st.pending = append(st.pending[:0], t.queue[:blocks]...)
+			t.queue = t.queue[blocks:]
+			st.busy = true
+			st.sentR, st.sendDur = 0, 0
+			st.rep.Rounds++
+			select {
+			case st.wake <- struct{}{}:
+			default:
+			}
+			if len(t.queue) == 0 {
+				break
+			}
+		}
+		var sub []*connState
+		for _, st := range cand {
+			if st.busy {
+				sub = append(sub, st)
+			}
+		}
+		start := time.Now()
+		ackedStart := t.acked
+		// Wait for the sub-transfer: until every connection of the subset
+		// has sent its amount, or, once half have, until the stragglers
+		// are clearly behind.
+		var half time.Time
+		for {
+			if t.fatal != nil || t.ctx.Err() != nil {
+				break
+			}
+			done := 0
+			for _, st := range sub {
+				if !st.busy {
+					done++
+				}
+			}
+			if done == len(sub) {
+				break
+			}
+			if half.IsZero() && done*2 >= len(sub) {
+				half = time.Now()
+			}
+			if !half.IsZero() && time.Since(start) > 2*half.Sub(start)+roundTime/2 {
+				break
+			}
+			t.cond.Wait()
+		}
+		end := time.Now()
+		var rates []float64
+		for _, st := range sub {
+			fin := st.finish
+			if st.busy {
+				// A straggler: take back what it has not sent.
+				t.requeueLocked(st.pending)
+				st.pending = nil
+				fin = end
+				st.bench = benchRounds
+				t.cl.log.Debug("connection fell behind; left out of the next sub-transfers", "conn", st.c.id)
+			}
+			if d := fin.Sub(start); d > 0 {
+				st.rate = float64(st.sentR) / d.Seconds()
+			}
+			rates = append(rates, st.rate)
+		}
+		if len(rates) >= 3 {
+			sort.Float64s(rates)
+			med := rates[len(rates)/2]
+			for _, st := range sub {
+				if st.rate < slowFactor*med && st.bench == 0 {
+					st.bench = benchRounds
+					t.cl.log.Debug("connection slower than the others; left out of the next sub-transfers", "conn", st.c.id, "rate", st.rate, "median", med)
+				}
+			}
+		}
+		elapsed := end.Sub(start)
+		g := float64(t.acked-ackedStart) / elapsed.Seconds()
+		rep.Rounds++
+		rep.MaxStreams = max(rep.MaxStreams, len(sub))
+		nconns := len(live)
+		t.mu.Unlock()
+
+		t.updatePacing(sub)
+		if auto && !t.opts.Fair {
+			switch {
+			case hold > 0:
+				hold--
+			case g > bestG*(1+growMargin):
+				bestG = g
+				if k < t.opts.MaxStreams {
+					k++
+					grew = true
+					if nconns < k && adding.CompareAndSwap(false, true) {
+						go func() {
+							cs, err := t.cl.acquire(t.ctx, t.peer, 1)
+							if err == nil {
+								t.addConn(cs[0], false)
+							}
+							adding.Store(false)
+						}()
+					}
+				}
+			default:
+				if grew && k > 1 {
+					k--
+				}
+				grew = false
+				bestG = g
+				hold = holdRounds
+			}
+		}
+	}
+}
+
+// updatePacing re-estimates the bandwidth and sets the userspace pacer and
+// each socket's SO_MAX_PACING_RATE to it.
+func (t *transfer) updatePacing(sub []*connState) {
+	now := time.Now()
+	var kernel float64
+	for _, st := range sub {
+		if info, err := tcpInfo(st.c.tcp); err == nil {
+			kernel += float64(info.Delivery_rate)
+		}
+	}
+	t.est.KernelRate(now, kernel)
+	if t.opts.NoPace {
+		return
+	}
+	r := t.est.Rate(now)
+	t.pacer.SetRate(r)
+	if r <= 0 || len(sub) == 0 {
+		return
+	}
+	// Each socket may run a little above its share so that the others'
+	// idle moments can be used; the userspace pacer bounds the sum.
+	per := r / float64(len(sub)) * 1.5
+	for _, st := range sub {
+		_ = pace.SetSocketRate(st.c.tcp, per)
+	}
+}
+
+// progressLoop reports progress until the transfer ends.
+func (t *transfer) progressLoop(start time.Time, total int64) {
+	tk := time.NewTicker(200 * time.Millisecond)
+	defer tk.Stop()
+	var last int64
+	lastT := start
+	rate := 0.0
+	emit := func() {
+		t.mu.Lock()
+		b := t.acked
+		n := 0
+		for _, st := range t.conns {
+			if st.busy || len(st.infl) > 0 {
+				n++
+			}
+		}
+		t.mu.Unlock()
+		now := time.Now()
+		if d := now.Sub(lastT).Seconds(); d > 0 {
+			r := float64(b-last) / d
+			if rate == 0 {
+				rate = r
+			} else {
+				rate = 0.7*rate + 0.3*r
+			}
+		}
+		last, lastT = b, now
+		t.opts.Progress(Progress{Bytes: b, Total: total, Rate: rate, Streams: n, Elapsed: now.Sub(start)})
+	}
+	for {
+		select {
+		case <-t.ctx.Done():
+			emit()
+			return
+		case <-tk.C:
+			emit()
+		}
+	}
+}
