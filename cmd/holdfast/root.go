@@ -36,6 +36,7 @@ func newRootCommand() *cobra.Command {
 	// Each command group lives in its own file as newXCommand.
 	root.AddCommand(
 		newVersionCommand(),
+		newCpCommand(), newServeCommand(),
 		newAgentCommand(),
 		newClusterCommand(),
 		newStatusCommand(),
@@ -44,6 +45,7 @@ func newRootCommand() *cobra.Command {
 		newNetdiagCommand(),
 		newLabCommand(),
 	)
+	root.AddCommand(newRepoCommands()...) // backup repository: cmd_repo.go
 	return root
 }
 

@@ -1,0 +1,141 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+
+	"github.com/holdfast/holdfast/internal/bulk"
+	"github.com/holdfast/holdfast/internal/cluster"
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+)
+
+// cpOptions are the flags of holdfast cp.
+type cpOptions struct {
+	state      string
+	recursive  bool
+	streams    string
+	maxStreams int
+	rateLimit  string
+	resume     bool
+	blockSize  int
+	cc         string
+	noPace     bool
+	fair       bool
+	noProgress bool
+}
+
+func newCpCommand() *cobra.Command {
+	var o cpOptions
+	cmd := &cobra.Command{
+		Use:   "cp [-r] SRC... HOST[:PORT]:DST",
+		Short: "Copy files to a peer over primed, paced parallel connections",
+		Long: `Copy files and directory trees to a peer running 'holdfast serve' or a
+holdfast agent, over several TCP connections authenticated with the cluster's
+mTLS. Connections are primed (RTT measured, buffers sized to the path,
+congestion window opened) before data flows; sends are paced to the
+estimated end-to-end bandwidth. Every block is checksummed and every file
+hashed end to end; a file appears under its final name only when complete.
+An interrupted copy continues from its last verified block with --resume.
+
+DST is relative to the receiver's --root. With several sources, or when DST
+is an existing directory there, sources land inside it.`,
+		Args: cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runCp(cmd, o, args)
+		},
+	}
+	addStateFlag(cmd, &o.state)
+	f := cmd.Flags()
+	f.BoolVarP(&o.recursive, "recursive", "r", false, "copy directories recursively")
+	f.StringVar(&o.streams, "streams", "auto", "number of connections, or auto (grow while goodput grows)")
+	f.IntVar(&o.maxStreams, "max-streams", bulk.DefaultMaxStreams, "most connections --streams auto uses")
+	f.StringVar(&o.rateLimit, "rate-limit", "", "cap the rate, e.g. 100Mbit or 20MB (per second)")
+	f.BoolVar(&o.resume, "resume", false, "continue an interrupted copy from its verified blocks")
+	f.IntVar(&o.blockSize, "block-size", bulk.DefaultBlockSize, "block size in bytes (unit of checksums and resume)")
+	f.StringVar(&o.cc, "cc", "cubic", "TCP congestion control: cubic, bbr or reno")
+	f.BoolVar(&o.noPace, "no-pace", false, "do not pace sends")
+	f.BoolVar(&o.fair, "fair", false, "take only one flow's fair share of a shared bottleneck (one connection)")
+	f.BoolVar(&o.noProgress, "no-progress", false, "do not show a progress bar")
+	return cmd
+}
+
+func runCp(cmd *cobra.Command, o cpOptions, args []string) error {
+	dstSpec := args[len(args)-1]
+	srcs := args[:len(args)-1]
+	addr, dst, remote, err := bulk.ParseRemote(dstSpec)
+	if err != nil {
+		return err
+	}
+	if !remote {
+		for _, s := range srcs {
+			if _, _, r, _ := bulk.ParseRemote(s); r {
+				return errors.New("copying from a peer (HOST:SRC LOCAL) is not supported yet: run holdfast cp on the peer")
+			}
+		}
+		return fmt.Errorf("destination %q is not remote: want HOST[:PORT]:PATH", dstSpec)
+	}
+	opts := bulk.Options{Recursive: o.recursive, Resume: o.resume, BlockSize: o.blockSize, NoPace: o.noPace, Fair: o.fair, MaxStreams: o.maxStreams}
+	if o.streams != "auto" {
+		n, err := strconv.Atoi(o.streams)
+		if err != nil || n < 1 {
+			return fmt.Errorf("--streams %q: want a positive number or auto", o.streams)
+		}
+		opts.Streams = n
+	}
+	if opts.RateLimit, err = bulk.ParseRate(o.rateLimit); err != nil {
+		return fmt.Errorf("--rate-limit: %w", err)
+	}
+	id, err := cluster.Load(o.state)
+	if err != nil {
+		return fmt.Errorf("loading node identity from %s (set --state or HOLDFAST_STATE): %w", o.state, err)
+	}
+	log := logger()
+	cl, err := bulk.NewClient(bulk.ClientConfig{TLS: id.ClientTLS(log), Node: id.Name, CC: o.cc, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	if !o.noProgress && !globals.json {
+		opts.Progress = progressPrinter(cmd.ErrOrStderr())
+	}
+	rep, err := cl.SendFiles(cmd.Context(), addr, srcs, dst, opts)
+	if opts.Progress != nil {
+		fmt.Fprintln(cmd.ErrOrStderr())
+	}
+	if rep != nil {
+		if globals.json {
+			if jerr := printJSON(cmd.OutOrStdout(), rep); jerr != nil {
+				return jerr
+			}
+		} else {
+			fmt.Fprintf(cmd.OutOrStdout(), "copied %d files, %s in %.2fs: %.1f Mbit/s over up to %d connections (%d sub-transfers)\n",
+				rep.Files, humanBytes(rep.Bytes), rep.Seconds, rep.Goodput/1e6, rep.MaxStreams, rep.Rounds)
+		}
+	}
+	if err != nil {
+		if rep != nil && len(rep.Errors) > 0 && !errors.Is(err, bulk.ErrDestFull) {
+			return &ExitError{Code: exitPartial, Err: err}
+		}
+		return err
+	}
+	return nil
+}
+
+// progressPrinter draws a progress bar with rate, ETA and connections in
+// use.
+func progressPrinter(w io.Writer) func(bulk.Progress) {
+	var bar *progressbar.ProgressBar
+	return func(p bulk.Progress) {
+		if bar == nil {
+			bar = progressbar.NewOptions64(p.Total, progressbar.OptionSetWriter(w), progressbar.OptionShowBytes(true),
+				progressbar.OptionSetPredictTime(true), progressbar.OptionThrottle(200*time.Millisecond),
+				progressbar.OptionSetWidth(30), progressbar.OptionShowDescriptionAtLineEnd())
+		}
+		bar.Describe(fmt.Sprintf("%.1f Mbit/s, %d conns", p.Rate*8/1e6, p.Streams))
+		_ = bar.Set64(p.Bytes)
+	}
+}
