@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync/atomic"
 	"time"
@@ -344,6 +345,7 @@ func (t *transfer) schedule(rep *Report) {
 				st.infl = map[uint64]inflight{}
 				t.requeueLocked(back)
 				st.bench = benchRounds
+				st.benched++
 				t.cl.log.Warn("connection stalled; re-sending its blocks elsewhere", "conn", st.c.id, "blocks", len(back))
 			}
 		}
@@ -448,29 +450,46 @@ func (t *transfer) schedule(rep *Report) {
 			t.cond.Wait()
 		}
 		end := time.Now()
-		var rates []float64
+		window := max(2*rtt, 20*time.Millisecond)
 		for _, st := range sub {
-			fin := st.finish
 			if st.busy {
 				// A straggler: take back what it has not sent.
 				t.requeueLocked(st.pending)
 				st.pending = nil
-				fin = end
-				st.bench = benchRounds
-				t.cl.log.Debug("connection fell behind; left out of the next sub-transfers", "conn", st.c.id)
+				t.benchLocked(st, "fell behind")
 			}
-			if d := fin.Sub(start); d > 0 {
-				st.rate = float64(st.sentR) / d.Seconds()
-			}
-			rates = append(rates, st.rate)
 		}
-		if len(rates) >= 3 {
+		// Each connection's rate is what the receiver acknowledged on it,
+		// measured over at least a window of a few RTTs.
+		var rates []float64
+		for _, st := range t.conns {
+			if st.dead {
+				continue
+			}
+			st.accB += st.rep.Bytes - st.ackMark
+			st.ackMark = st.rep.Bytes
+			if slices.Contains(sub, st) || len(st.infl) > 0 {
+				st.accT += end.Sub(start)
+			}
+			if st.accT >= window {
+				r := float64(st.accB) / st.accT.Seconds()
+				if st.rate == 0 {
+					st.rate = r
+				} else {
+					st.rate = 0.5*st.rate + 0.5*r
+				}
+				st.accB, st.accT = 0, 0
+			}
+			if st.rate > 0 && st.bench == 0 {
+				rates = append(rates, st.rate)
+			}
+		}
+		if len(rates) >= 2 {
 			sort.Float64s(rates)
 			med := rates[len(rates)/2]
-			for _, st := range sub {
-				if st.rate < slowFactor*med && st.bench == 0 {
-					st.bench = benchRounds
-					t.cl.log.Debug("connection slower than the others; left out of the next sub-transfers", "conn", st.c.id, "rate", st.rate, "median", med)
+			for _, st := range t.conns {
+				if !st.dead && st.bench == 0 && st.rate > 0 && st.rate < slowFactor*med {
+					t.benchLocked(st, "slower than the others")
 				}
 			}
 		}
@@ -511,6 +530,21 @@ func (t *transfer) schedule(rep *Report) {
 			}
 		}
 	}
+}
+
+// benchLocked leaves st out of the next sub-transfers and re-sends its
+// unacknowledged blocks on the others.
+func (t *transfer) benchLocked(st *connState, why string) {
+	st.bench = benchRounds
+	st.benched++
+	var back []blockRef
+	for _, in := range st.infl {
+		back = append(back, in.ref)
+	}
+	st.infl = map[uint64]inflight{}
+	t.requeueLocked(back)
+	t.cl.log.Debug("connection left out of the next sub-transfers; its unacknowledged blocks go to the others",
+		"conn", st.c.id, "why", why, "rate", st.rate, "requeued", len(back))
 }
 
 // updatePacing re-estimates the bandwidth and sets the userspace pacer and

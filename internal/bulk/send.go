@@ -122,6 +122,7 @@ type ConnReport struct {
 	Blocks      int           `json:"blocks"`
 	Rounds      int           `json:"rounds"`
 	LeftOut     int           `json:"rounds_left_out"`
+	Benched     int           `json:"times_left_out"`
 	Retransmits uint32        `json:"retransmits"`
 	LostSegs    uint32        `json:"lost"`
 	CwndEnd     int64         `json:"cwnd_end_bytes"`
@@ -195,6 +196,10 @@ type connState struct {
 	wake    chan struct{}
 	dead    bool
 	finish  time.Time
+	ackMark int64         // rep.Bytes when the rate was last measured
+	accB    int64         // acked bytes since the last rate update
+	accT    time.Duration // busy time since the last rate update
+	benched int           // times it was left out
 }
 
 // transfer is one sending transfer.
@@ -484,6 +489,7 @@ func (t *transfer) run(ctx context.Context, entries []source, dst string, multi 
 		r.Prime = st.c.prime
 		r.Pooled = st.pooled
 		r.SendRate = st.rate
+		r.Benched = st.benched
 		if info, err := tcpInfo(st.c.tcp); err == nil {
 			r.Retransmits = info.Total_retrans
 			r.LostSegs = info.Lost
