@@ -466,7 +466,7 @@ func (t *recvTransfer) store(h blockHeader, data []byte) (uint8, string) {
 	if h.Flags&flagHole == 0 {
 		if _, err := part.WriteAt(data, int64(h.Index)*int64(t.bs)); err != nil {
 			if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
-				return ackFull, fmt.Sprintf("destination disk full writing %s: %v (partial data kept; free space and rerun with --resume)", f.target, err)
+				return ackFull, fmt.Sprintf("writing %s: %v (partial data kept; free space and rerun with --resume)", f.target, err)
 			}
 			return ackFail, fmt.Sprintf("writing %s: %v", f.target, err)
 		}
@@ -484,7 +484,7 @@ func (t *recvTransfer) store(h blockHeader, data []byte) (uint8, string) {
 	}
 	if _, err := f.journal.Write(rec[:]); err != nil {
 		if errors.Is(err, syscall.ENOSPC) {
-			return ackFull, fmt.Sprintf("destination disk full writing the journal of %s: %v", f.target, err)
+			return ackFull, fmt.Sprintf("writing the journal of %s: %v", f.target, err)
 		}
 		return ackFail, fmt.Sprintf("writing the journal of %s: %v", f.target, err)
 	}

@@ -213,7 +213,7 @@ func (t *transfer) onAck(st *connState, a ack) {
 		if t.fatal == nil {
 			t.fatal = fmt.Errorf("bulk: receiver %s: %s", t.peer, a.Err)
 			if a.Status == ackFull {
-				t.fatal = fmt.Errorf("%w: %s", ErrDestFull, a.Err)
+				t.fatal = fmt.Errorf("bulk: receiver %s: %w: %s", t.peer, ErrDestFull, a.Err)
 			}
 			t.cancel(t.fatal)
 		}
