@@ -45,14 +45,30 @@ type Thresholds struct {
 	// a share of median transit, and its smallest absolute value.
 	ReceiverAppShare float64
 	MinReceiverApp   time.Duration
+	// ReceiverStageFactor: a message's receiver stage (TCP ACK of its last
+	// byte → application ack back at the sender, which holds the time the
+	// data waited in the receiver's socket buffer to be read) at least this
+	// many times its wire stage (sent → TCP ACK, about one RTT), and at
+	// least MinReceiverApp, over at least MinDecomposedMsgs messages, says
+	// the receiver consumes slowly even when its window never closes.
+	ReceiverStageFactor float64
+	MinDecomposedMsgs   int
 	// IdleShare: share of active time the sender had nothing to send.
 	IdleShare float64
-	// RetransRate and MinRetransSegs: retransmitted / sent bytes, and the
-	// fewest retransmitted segments that count.
-	RetransRate    float64
-	MinRetransSegs uint64
+	// RetransRate and MinRetransSegs: retransmitted (not spurious) over
+	// sent data segments, and the fewest retransmitted segments that count.
+	// Every loss-based TCP flow loses a little at the bottleneck it fills,
+	// so RetransRate fires only when the losses cost throughput (delivery
+	// rate at most LossDeliveryRatio of the path's); HeavyRetransRate fires
+	// on its own.
+	RetransRate       float64
+	LossDeliveryRatio float64
+	HeavyRetransRate  float64
+	MinRetransSegs    uint64
 	// RTTInflation and MinRTTIncrease: median srtt over the peer's lowest
-	// RTT, and the smallest absolute increase that counts.
+	// RTT, and the smallest absolute increase that counts. A single
+	// loss-based flow can by itself double the RTT of a path buffered to one
+	// bandwidth-delay product, hence the default of 2.5.
 	RTTInflation   float64
 	MinRTTIncrease time.Duration
 	// DeliveryRatio: median delivery rate over the peer's typical (p90)
@@ -65,20 +81,24 @@ type Thresholds struct {
 // DefaultThresholds returns the thresholds `holdfast netdiag report` uses.
 func DefaultThresholds() Thresholds {
 	return Thresholds{
-		MinActive:          200 * time.Millisecond,
-		MinBytes:           256 << 10,
-		RwndShare:          0.25,
-		ZeroWindowShare:    0.10,
-		RecvQueueFullShare: 0.50,
-		ReceiverAppShare:   0.50,
-		MinReceiverApp:     5 * time.Millisecond,
-		IdleShare:          0.25,
-		RetransRate:        0.005,
-		MinRetransSegs:     3,
-		RTTInflation:       2,
-		MinRTTIncrease:     5 * time.Millisecond,
-		DeliveryRatio:      0.25,
-		MinDeliverySamples: 5,
+		MinActive:           200 * time.Millisecond,
+		MinBytes:            256 << 10,
+		RwndShare:           0.25,
+		ZeroWindowShare:     0.10,
+		RecvQueueFullShare:  0.50,
+		ReceiverAppShare:    0.50,
+		MinReceiverApp:      5 * time.Millisecond,
+		ReceiverStageFactor: 2,
+		MinDecomposedMsgs:   5,
+		IdleShare:           0.25,
+		RetransRate:         0.005,
+		LossDeliveryRatio:   0.7,
+		HeavyRetransRate:    0.03,
+		MinRetransSegs:      3,
+		RTTInflation:        2.5,
+		MinRTTIncrease:      5 * time.Millisecond,
+		DeliveryRatio:       0.25,
+		MinDeliverySamples:  5,
 	}
 }
 
@@ -88,10 +108,14 @@ func (t Thresholds) Validate() error {
 		"RwndShare": t.RwndShare, "ZeroWindowShare": t.ZeroWindowShare,
 		"RecvQueueFullShare": t.RecvQueueFullShare, "ReceiverAppShare": t.ReceiverAppShare,
 		"IdleShare": t.IdleShare, "RetransRate": t.RetransRate, "DeliveryRatio": t.DeliveryRatio,
+		"LossDeliveryRatio": t.LossDeliveryRatio, "HeavyRetransRate": t.HeavyRetransRate,
 	} {
 		if v <= 0 || v > 1 {
 			return fmt.Errorf("threshold %s %v: must be in (0, 1]", name, v)
 		}
+	}
+	if t.ReceiverStageFactor <= 0 {
+		return fmt.Errorf("threshold ReceiverStageFactor %v: must be positive", t.ReceiverStageFactor)
 	}
 	if t.RTTInflation <= 1 {
 		return fmt.Errorf("threshold RTTInflation %v: must be above 1", t.RTTInflation)
@@ -176,6 +200,22 @@ func Classify(s PeerSummary, t Thresholds) Verdict {
 		}
 	}
 
+	if s.MsgDecomposed > 0 {
+		stage := s.MsgWireP50 + s.MsgReceiverP50
+		share := 0.0
+		if stage > 0 {
+			share = float64(s.MsgReceiverP50) / float64(stage)
+		}
+		fired = s.MsgDecomposed >= t.MinDecomposedMsgs && s.MsgReceiverP50 >= t.MinReceiverApp &&
+			float64(s.MsgReceiverP50) >= t.ReceiverStageFactor*float64(s.MsgWireP50)
+		add(ClassReceivingApp, "slow_consumer", float64(s.MsgReceiverP50)/float64(max(s.MsgWireP50, 1)), t.ReceiverStageFactor, "ratio", fired,
+			"receiver stage p50 %v (TCP ACK → application ack) is %.1fx the wire stage p50 %v (threshold %.1fx and %v) over %d messages",
+			rd(s.MsgReceiverP50), float64(s.MsgReceiverP50)/float64(max(s.MsgWireP50, 1)), rd(s.MsgWireP50), t.ReceiverStageFactor, t.MinReceiverApp, s.MsgDecomposed)
+		if fired {
+			recvScore = max(recvScore, share)
+		}
+	}
+
 	// Sending application.
 	fired = s.IdleShare >= t.IdleShare
 	add(ClassSendingApp, "sender_idle", s.IdleShare, t.IdleShare, "share", fired,
@@ -188,13 +228,19 @@ func Classify(s PeerSummary, t Thresholds) Verdict {
 
 	// Network.
 	netFired := false
-	fired = s.RetransRate >= t.RetransRate && s.RetransSegs >= t.MinRetransSegs
+	costly := s.DeliveryRatio > 0 && s.DeliveryRatio <= t.LossDeliveryRatio
+	enough := s.RetransSegs >= t.MinRetransSegs
+	fired = enough && (s.RetransRate >= t.HeavyRetransRate || (s.RetransRate >= t.RetransRate && costly))
 	add(ClassNetwork, "retransmits", s.RetransRate, t.RetransRate, "ratio", fired,
-		"%.2f%% of segments retransmitted (%d of %d, %s; %d more were spurious per D-SACK; threshold %.2f%%)",
-		s.RetransRate*100, s.RetransSegs, s.DataSegsOut, fmtBytes(float64(s.BytesRetrans)), s.SpuriousRetransSegs, t.RetransRate*100)
+		"%.2f%% of segments retransmitted after slow start (%d of %d; not counted: %d spurious per D-SACK, %d in the initial slow start; fires at %.2f%% with delivery at most %.0f%% of the path's, or at %.1f%%)",
+		s.RetransRate*100, s.RetransSegs, s.DataSegsOut, s.SpuriousRetransSegs, s.SlowStartRetransSegs,
+		t.RetransRate*100, t.LossDeliveryRatio*100, t.HeavyRetransRate*100)
 	netFired = netFired || fired
 	incr := time.Duration((s.SRTTP50us - s.BaselineRTTus) * 1e3)
-	fired = s.RTTInflation >= t.RTTInflation && incr >= t.MinRTTIncrease
+	// A receiver that does not read delays its ACKs, which inflates srtt
+	// on any path: with receiving-application evidence, inflation is shown
+	// but does not count.
+	fired = s.RTTInflation >= t.RTTInflation && incr >= t.MinRTTIncrease && recvScore == 0
 	if s.SRTTP50us > 0 {
 		add(ClassNetwork, "rtt_inflation", s.RTTInflation, t.RTTInflation, "ratio", fired,
 			"srtt p50 %v is %.1fx the peer's baseline %v (+%v; threshold %.1fx and +%v)",
@@ -206,10 +252,14 @@ func Classify(s PeerSummary, t Thresholds) Verdict {
 	netFired = netFired || fired
 	windowFree := s.RwndLimitedShare < t.RwndShare && s.IdleShare < t.IdleShare
 	if s.DeliveryRatio > 0 {
-		fired = windowFree && s.ActiveSamples >= t.MinDeliverySamples && s.DeliveryRatio <= t.DeliveryRatio
+		fired = windowFree && s.DeliveryBaselineFromHistory && s.ActiveSamples >= t.MinDeliverySamples && s.DeliveryRatio <= t.DeliveryRatio
+		from := "before the window"
+		if !s.DeliveryBaselineFromHistory {
+			from = "in the window itself; no history before it, so this cannot fire alone"
+		}
 		add(ClassNetwork, "delivery_rate", s.DeliveryRatio, t.DeliveryRatio, "ratio", fired,
-			"delivery rate p50 %s/s is %.0f%% of the path's %s/s (threshold %.0f%%, counted only when not window- or sender-limited)",
-			fmtBytes(s.DeliveryP50), s.DeliveryRatio*100, fmtBytes(s.BaselineDelivery), t.DeliveryRatio*100)
+			"delivery rate p50 %s/s is %.0f%% of the path's %s/s (p90 %s; threshold %.0f%%, counted only when not window- or sender-limited)",
+			fmtBytes(s.DeliveryP50), s.DeliveryRatio*100, fmtBytes(s.BaselineDelivery), from, t.DeliveryRatio*100)
 		netFired = netFired || fired
 	}
 	netScore := 0.0

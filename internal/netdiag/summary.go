@@ -22,27 +22,34 @@ type PeerSummary struct {
 	BytesSent     uint64  `json:"bytes_sent"`
 	BytesRetrans  uint64  `json:"bytes_retrans"`
 	// RetransSegs excludes SpuriousRetransSegs (retransmissions the peer
-	// reported as duplicates with D-SACK); RetransRate is RetransSegs over
-	// DataSegsOut.
-	RetransSegs         uint64  `json:"retrans_segs"`
-	SpuriousRetransSegs uint64  `json:"spurious_retrans_segs"`
-	DataSegsOut         uint64  `json:"data_segs_out"`
-	RetransRate         float64 `json:"retrans_rate"`
-	IdleShare           float64 `json:"idle_share"`
-	RwndLimitedShare    float64 `json:"rwnd_limited_share"`
-	SndbufLimitedShare  float64 `json:"sndbuf_limited_share"`
-	SRTTP50us           float64 `json:"srtt_p50_us"`
-	SRTTP90us           float64 `json:"srtt_p90_us"`
-	RTTVarP50us         float64 `json:"rttvar_p50_us"`
-	BaselineRTTus       float64 `json:"baseline_rtt_us"`
-	RTTInflation        float64 `json:"rtt_inflation"`
-	DeliveryP50         float64 `json:"delivery_p50_Bps"`
-	BaselineDelivery    float64 `json:"baseline_delivery_Bps"`
-	DeliveryRatio       float64 `json:"delivery_ratio"`
-	ActiveSamples       int     `json:"active_samples"`
-	ZeroWindowSamples   int     `json:"zero_window_samples"`
-	ZeroWindowEvents    int     `json:"zero_window_events"`
-	ZeroWindowShare     float64 `json:"zero_window_share"`
+	// reported as duplicates with D-SACK) and SlowStartRetransSegs;
+	// RetransRate is RetransSegs over DataSegsOut, both counted from the
+	// end of the initial slow start.
+	RetransSegs         uint64 `json:"retrans_segs"`
+	SpuriousRetransSegs uint64 `json:"spurious_retrans_segs"`
+	// SlowStartRetransSegs are the retransmissions of the initial slow
+	// start and its recovery, left out of RetransSegs.
+	SlowStartRetransSegs uint64  `json:"slow_start_retrans_segs"`
+	DataSegsOut          uint64  `json:"data_segs_out"`
+	RetransRate          float64 `json:"retrans_rate"`
+	IdleShare            float64 `json:"idle_share"`
+	RwndLimitedShare     float64 `json:"rwnd_limited_share"`
+	SndbufLimitedShare   float64 `json:"sndbuf_limited_share"`
+	SRTTP50us            float64 `json:"srtt_p50_us"`
+	SRTTP90us            float64 `json:"srtt_p90_us"`
+	RTTVarP50us          float64 `json:"rttvar_p50_us"`
+	BaselineRTTus        float64 `json:"baseline_rtt_us"`
+	RTTInflation         float64 `json:"rtt_inflation"`
+	DeliveryP50          float64 `json:"delivery_p50_Bps"`
+	BaselineDelivery     float64 `json:"baseline_delivery_Bps"`
+	DeliveryRatio        float64 `json:"delivery_ratio"`
+	// DeliveryBaselineFromHistory says the delivery baseline comes from
+	// records before the window; otherwise it is the window's own p90.
+	DeliveryBaselineFromHistory bool    `json:"delivery_baseline_from_history"`
+	ActiveSamples               int     `json:"active_samples"`
+	ZeroWindowSamples           int     `json:"zero_window_samples"`
+	ZeroWindowEvents            int     `json:"zero_window_events"`
+	ZeroWindowShare             float64 `json:"zero_window_share"`
 
 	// Receiving side, from TCP_INFO and SIOCINQ on connections that read.
 	RecvSamples          int     `json:"recv_samples"`
@@ -83,6 +90,10 @@ type PeerSummary struct {
 // by default advertises about half of it as window).
 const recvQueueFullFraction = 0.25
 
+// minHistoryDeliverySamples is how many delivery-rate samples from before
+// the window make a history baseline.
+const minHistoryDeliverySamples = 5
+
 // An interval between two TCP_INFO samples describes the path (its srtt
 // and delivery rate are used) when the sender was busy for at least
 // pathIntervalBusy of it and window-limited for less than pathIntervalRwnd.
@@ -106,7 +117,7 @@ type peerAcc struct {
 	kq, ackt, transit, rapp, net []time.Duration
 	sq, wire, rcv                []time.Duration
 	baseRTT                      uint32
-	baseDeliv                    []float64
+	baseDeliv, histDeliv         []float64
 	conns                        map[string]bool
 }
 
@@ -139,6 +150,9 @@ func Summarize(records []Record, since int64, peer string) []PeerSummary {
 			}
 			if !r.TCPInfo.AppLimited && r.TCPInfo.DeliveryRate > 0 {
 				a.baseDeliv = append(a.baseDeliv, float64(r.TCPInfo.DeliveryRate))
+				if r.Time < since {
+					a.histDeliv = append(a.histDeliv, float64(r.TCPInfo.DeliveryRate))
+				}
 			}
 		}
 		if r.Time < since {
@@ -205,10 +219,24 @@ func addConn(a *peerAcc, c *connData) {
 		s.BytesAcked += l.BytesAcked - f.BytesAcked
 		s.BytesSent += l.BytesSent - f.BytesSent
 		s.BytesRetrans += l.BytesRetrans - f.BytesRetrans
-		retr := int64(l.TotalRetrans-f.TotalRetrans) - int64(l.DsackDups-f.DsackDups)
-		s.RetransSegs += uint64(max(retr, 0))
-		s.SpuriousRetransSegs += uint64(l.DsackDups - f.DsackDups)
-		s.DataSegsOut += uint64(l.DataSegsOut - f.DataSegsOut)
+		// Losses that end the initial slow start are TCP finding the path's
+		// capacity, not a property of the path: retransmissions count from
+		// the first sample after that first recovery is over.
+		rs := i0
+		for rs <= i1 && (c.samples[rs].SndSsthresh >= InfiniteSsthresh || c.samples[rs].CAState != caStateOpen) {
+			rs++
+		}
+		if rs > i0 {
+			e := c.samples[min(rs, i1)]
+			s.SlowStartRetransSegs += uint64(e.TotalRetrans - f.TotalRetrans)
+		}
+		if rs < i1 {
+			rf := c.samples[rs]
+			retr := int64(l.TotalRetrans-rf.TotalRetrans) - int64(l.DsackDups-rf.DsackDups)
+			s.RetransSegs += uint64(max(retr, 0))
+			s.SpuriousRetransSegs += uint64(l.DsackDups - rf.DsackDups)
+			s.DataSegsOut += uint64(l.DataSegsOut - rf.DataSegsOut)
+		}
 		a.busy += min(float64(l.BusyUs-f.BusyUs)/1e6, span)
 		a.rwnd += float64(l.RwndLimitedUs-f.RwndLimitedUs) / 1e6
 		a.sndbuf += float64(l.SndbufLimitedUs-f.SndbufLimitedUs) / 1e6
@@ -304,7 +332,12 @@ func (a *peerAcc) finish() PeerSummary {
 		s.RTTInflation = s.SRTTP50us / s.BaselineRTTus
 	}
 	s.DeliveryP50 = quantile(a.deliv, 0.5)
-	s.BaselineDelivery = quantile(a.baseDeliv, 0.9)
+	if len(a.histDeliv) >= minHistoryDeliverySamples {
+		s.BaselineDelivery = quantile(a.histDeliv, 0.9)
+		s.DeliveryBaselineFromHistory = true
+	} else {
+		s.BaselineDelivery = quantile(a.baseDeliv, 0.9)
+	}
 	if s.BaselineDelivery > 0 && s.DeliveryP50 > 0 {
 		s.DeliveryRatio = s.DeliveryP50 / s.BaselineDelivery
 	}

@@ -11,16 +11,19 @@ import (
 // uses. Durations are microseconds as the kernel reports them; counters are
 // cumulative over the connection's life.
 type TCPInfoSample struct {
-	State        uint8  `json:"state"`
-	CAState      uint8  `json:"ca_state"`
-	Retransmits  uint8  `json:"retransmits"`
-	Probes       uint8  `json:"probes"`
-	Backoff      uint8  `json:"backoff"`
-	RTTus        uint32 `json:"srtt_us"`
-	RTTVarus     uint32 `json:"rttvar_us"`
-	MinRTTus     uint32 `json:"min_rtt_us"`
-	RTOus        uint32 `json:"rto_us"`
-	SndCwnd      uint32 `json:"cwnd"`
+	State       uint8  `json:"state"`
+	CAState     uint8  `json:"ca_state"`
+	Retransmits uint8  `json:"retransmits"`
+	Probes      uint8  `json:"probes"`
+	Backoff     uint8  `json:"backoff"`
+	RTTus       uint32 `json:"srtt_us"`
+	RTTVarus    uint32 `json:"rttvar_us"`
+	MinRTTus    uint32 `json:"min_rtt_us"`
+	RTOus       uint32 `json:"rto_us"`
+	SndCwnd     uint32 `json:"cwnd"`
+	// SndSsthresh is the slow-start threshold; InfiniteSsthresh until the
+	// first loss ends the initial slow start.
+	SndSsthresh  uint32 `json:"ssthresh"`
 	SndMSS       uint32 `json:"mss"`
 	Unacked      uint32 `json:"unacked"`
 	Lost         uint32 `json:"lost"`
@@ -58,6 +61,12 @@ type TCPInfoSample struct {
 	SendQueue int `json:"sendq"`
 }
 
+// InfiniteSsthresh is the kernel's TCP_INFINITE_SSTHRESH.
+const InfiniteSsthresh = 0x7fffffff
+
+// caStateOpen is TCP_CA_Open: no loss recovery in progress.
+const caStateOpen = 0
+
 // tcpiBitfieldOffset is the offset in struct tcp_info of the byte holding
 // tcpi_delivery_rate_app_limited (bit 0) and tcpi_fastopen_client_fail. The
 // x/sys TCPInfo struct models it as padding, so it is read from memory.
@@ -81,6 +90,7 @@ func readTCPInfo(fd int) (TCPInfoSample, error) {
 		MinRTTus:        ti.Min_rtt,
 		RTOus:           ti.Rto,
 		SndCwnd:         ti.Snd_cwnd,
+		SndSsthresh:     ti.Snd_ssthresh,
 		SndMSS:          ti.Snd_mss,
 		Unacked:         ti.Unacked,
 		Lost:            ti.Lost,

@@ -42,6 +42,9 @@ type scenario struct {
 	// sender overflows the per-CPU backlog of a loaded machine and loses
 	// packets.
 	PacingRate uint64
+	// RecvBuf, if set, is the receiver's SO_RCVBUF (a slow reader with an
+	// ordinary buffer rather than one autotuned to megabytes).
+	RecvBuf int
 }
 
 // msgHeader is the test protocol's message header: id and payload size.
@@ -56,6 +59,11 @@ func serveReceiver(ctx context.Context, ln net.Listener, sc scenario) error {
 	}
 	defer c.Close()
 	go func() { <-ctx.Done(); c.Close() }()
+	if sc.RecvBuf > 0 {
+		if err := c.(*net.TCPConn).SetReadBuffer(sc.RecvBuf); err != nil {
+			return fmt.Errorf("setting SO_RCVBUF: %w", err)
+		}
+	}
 	chunk := sc.ReadChunk
 	if chunk == 0 {
 		chunk = 1 << 20
