@@ -104,7 +104,7 @@ type archiver struct {
 	cbufs sync.Pool // chunk copies
 
 	filesDone, bytesRead, filesNew, filesChanged, filesUnmod, dirs atomic.Int64
-	totalBytes, dataBlobs, treeBlobs, dataAdded                   atomic.Int64
+	totalBytes, dataBlobs, treeBlobs, dataAdded                    atomic.Int64
 
 	warnMu   sync.Mutex
 	warnings []string
@@ -132,6 +132,10 @@ func (a *archiver) failed() error {
 	defer a.failMu.Unlock()
 	return a.fail
 }
+
+// smallChunk: chunks below this size are copied into fresh buffers
+// rather than pooled maximum-size ones.
+const smallChunk = 128 << 10
 
 // testHookBackupBeforeSnapshot runs after all data is stored and before the
 // snapshot is written (tests use it to hold a backup in flight).
@@ -552,8 +556,14 @@ func (a *archiver) saveFile(job fileJob) error {
 		id := a.r.blobID(chunk)
 		content = append(content, id)
 		if a.r.idx.reserve(id) {
-			cp := a.cbufs.Get().(*[]byte)
-			data := append((*cp)[:0], chunk...)
+			var cp *[]byte
+			var data []byte
+			if len(chunk) < smallChunk {
+				data = append([]byte(nil), chunk...)
+			} else {
+				cp = a.cbufs.Get().(*[]byte)
+				data = append((*cp)[:0], chunk...)
+			}
 			a.dataBlobs.Add(1)
 			a.dataAdded.Add(int64(len(chunk)))
 			select {
@@ -573,10 +583,16 @@ func (a *archiver) blobWorker() {
 		if a.pw.getErr() != nil || a.ctx.Err() != nil {
 			continue
 		}
-		enc := a.r.crypt.seal(nil, a.r.frame(j.data))
-		*j.buf = j.data[:0]
-		a.cbufs.Put(j.buf)
-		if err := a.pw.addEncrypted(DataBlob, j.id, enc, len(j.data)); err != nil {
+		fb := a.r.getFrameBuf()
+		framed := a.r.frameInto(*fb, j.data)
+		err := a.pw.addFramed(DataBlob, j.id, framed, len(j.data))
+		*fb = framed
+		a.r.putFrameBuf(fb)
+		if j.buf != nil {
+			*j.buf = j.data[:0]
+			a.cbufs.Put(j.buf)
+		}
+		if err != nil {
 			a.pw.setErr(err)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 )
 
 // BlobType says what a blob holds.
@@ -34,7 +35,7 @@ const (
 	// MaxPackSize bounds pack files we create or parse.
 	MaxPackSize = 1 << 30
 	// MaxBlobSize bounds a single blob's plaintext.
-	MaxBlobSize = 128 << 20
+	MaxBlobSize  = 128 << 20
 	maxPackBlobs = MaxPackSize / (Overhead + 1)
 )
 
@@ -127,15 +128,10 @@ var errPackFull = errors.New("pack full")
 
 // packBuf is a pack being assembled in memory.
 type packBuf struct {
-	typ   BlobType
-	data  []byte
-	blobs []PackedBlob
-}
-
-// add appends one encrypted blob.
-func (p *packBuf) add(t BlobType, id ID, enc []byte, rawLen int) {
-	p.blobs = append(p.blobs, PackedBlob{Type: t, ID: id, Offset: uint32(len(p.data)), Length: uint32(len(enc)), RawLen: uint32(rawLen)})
-	p.data = append(p.data, enc...)
+	typ     BlobType
+	data    []byte
+	blobs   []PackedBlob
+	writers sync.WaitGroup // blobs being encrypted into data
 }
 
 // finish appends the encrypted header and trailer.

@@ -35,6 +35,11 @@ type packWriter struct {
 	errMu sync.Mutex
 	err   error
 
+	// noIndex collects the written packs in written instead of writing
+	// index files (prune writes its own index).
+	noIndex bool
+	written []IndexPack
+
 	statMu      sync.Mutex
 	packsStored int
 	bytesStored int64
@@ -75,27 +80,89 @@ func (w *packWriter) saveBlob(t BlobType, id ID, plain []byte) (bool, error) {
 	if !w.r.idx.reserve(id) {
 		return false, nil
 	}
-	enc := w.r.crypt.seal(nil, w.r.frame(plain))
-	return true, w.addEncrypted(t, id, enc, len(plain))
+	fb := w.r.getFrameBuf()
+	framed := w.r.frameInto(*fb, plain)
+	err := w.addFramed(t, id, framed, len(plain))
+	*fb = framed
+	w.r.putFrameBuf(fb)
+	return true, err
+}
+
+// packCap is the capacity of a new pack buffer of type t: a blob that
+// fits in the remaining capacity is encrypted in place, so buffers never
+// grow while blobs are being written into them.
+func (w *packWriter) packCap(t BlobType, need int) int {
+	c := w.r.cfg.PackSize
+	if t == TreeBlob {
+		c = min(c, 4<<20)
+	}
+	return max(c+w.r.cfg.Chunker.Max+Overhead+64, need)
+}
+
+// reserve claims room for a blob of need bytes in the current pack of
+// type t and returns the pack, the offset, and whether the pack is now
+// full (the caller then sends it once its own write is done).
+func (w *packWriter) reserve(t BlobType, id ID, need, rawLen int) (p *packBuf, off int, full bool, old *packBuf) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	p = w.cur[t]
+	if p != nil && cap(p.data)-len(p.data) < need {
+		old = p // does not fit: close the current pack
+		w.cur[t] = nil
+		p = nil
+	}
+	if p == nil {
+		p = w.r.getPackBuf(t, w.packCap(t, need))
+		w.cur[t] = p
+	}
+	off = len(p.data)
+	p.data = p.data[:off+need]
+	p.blobs = append(p.blobs, PackedBlob{Type: t, ID: id, Offset: uint32(off), Length: uint32(need), RawLen: uint32(rawLen)})
+	p.writers.Add(1)
+	limit := w.r.cfg.PackSize
+	if t == TreeBlob {
+		limit = min(limit, 4<<20)
+	}
+	if len(p.data) >= limit {
+		full = true
+		w.cur[t] = nil
+	}
+	return p, off, full, old
+}
+
+// addFramed encrypts a framed blob straight into the current pack.
+func (w *packWriter) addFramed(t BlobType, id ID, framed []byte, rawLen int) error {
+	need := len(framed) + Overhead
+	p, off, full, old := w.reserve(t, id, need, rawLen)
+	w.r.crypt.seal(p.data[off:off:off+need], framed)
+	p.writers.Done()
+	if old != nil {
+		old.writers.Wait()
+		if err := w.send(old); err != nil {
+			return err
+		}
+	}
+	if full {
+		p.writers.Wait()
+		return w.send(p)
+	}
+	return nil
 }
 
 // addEncrypted appends an already encrypted blob to the current pack.
 func (w *packWriter) addEncrypted(t BlobType, id ID, enc []byte, rawLen int) error {
-	w.mu.Lock()
-	p := w.cur[t]
-	if p == nil {
-		p = &packBuf{typ: t, data: make([]byte, 0, w.r.cfg.PackSize+w.r.cfg.PackSize/8)}
-		w.cur[t] = p
+	p, off, full, old := w.reserve(t, id, len(enc), rawLen)
+	copy(p.data[off:], enc)
+	p.writers.Done()
+	if old != nil {
+		old.writers.Wait()
+		if err := w.send(old); err != nil {
+			return err
+		}
 	}
-	p.add(t, id, enc, rawLen)
-	var full *packBuf
-	if len(p.data) >= w.r.cfg.PackSize {
-		full = p
-		w.cur[t] = nil
-	}
-	w.mu.Unlock()
-	if full != nil {
-		return w.send(full)
+	if full {
+		p.writers.Wait()
+		return w.send(p)
 	}
 	return nil
 }
@@ -122,12 +189,18 @@ func (w *packWriter) uploader() {
 			continue
 		}
 		ip := IndexPack{ID: id, Size: int64(len(p.data)), Blobs: p.blobs}
+		w.r.putPackBuf(p)
 		w.r.idx.addPacks([]IndexPack{ip})
 		w.statMu.Lock()
 		w.packsStored++
 		w.bytesStored += int64(len(p.data))
 		w.statMu.Unlock()
 		w.imu.Lock()
+		if w.noIndex {
+			w.written = append(w.written, ip)
+			w.imu.Unlock()
+			continue
+		}
 		w.unindexed = append(w.unindexed, ip)
 		flush := len(w.unindexed) >= indexFlushPacks || time.Since(w.lastFlush) > indexFlushInterval
 		w.imu.Unlock()
@@ -173,6 +246,7 @@ func (w *packWriter) finish() error {
 	w.mu.Unlock()
 	var sendErr error
 	for _, p := range rest {
+		p.writers.Wait()
 		if err := w.send(p); err != nil {
 			sendErr = err
 			break
@@ -182,6 +256,9 @@ func (w *packWriter) finish() error {
 	w.wg.Wait()
 	if err := errors.Join(w.getErr(), sendErr); err != nil {
 		return err
+	}
+	if w.noIndex {
+		return nil
 	}
 	return w.flushIndex()
 }

@@ -90,6 +90,39 @@ type Repository struct {
 	dec     *zstd.Decoder
 	idx     *memIndex
 	hashers sync.Pool
+	frames  sync.Pool // *[]byte framing buffers
+	packs   sync.Pool // *packBuf of full capacity
+}
+
+func (r *Repository) getFrameBuf() *[]byte {
+	if b, ok := r.frames.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, 0, r.cfg.Chunker.Max+64)
+	return &b
+}
+
+func (r *Repository) putFrameBuf(b *[]byte) {
+	if cap(*b) <= 2*r.cfg.Chunker.Max+64 {
+		r.frames.Put(b)
+	}
+}
+
+func (r *Repository) getPackBuf(t BlobType, capacity int) *packBuf {
+	if t == DataBlob {
+		if p, ok := r.packs.Get().(*packBuf); ok && cap(p.data) >= capacity {
+			p.typ, p.data, p.blobs = t, p.data[:0], nil
+			return p
+		}
+	}
+	return &packBuf{typ: t, data: make([]byte, 0, capacity)}
+}
+
+func (r *Repository) putPackBuf(p *packBuf) {
+	if p.typ == DataBlob {
+		p.blobs = nil
+		r.packs.Put(p)
+	}
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -150,7 +183,7 @@ func newRepository(be backend.Backend, mk *masterKey, cfg Config, log *slog.Logg
 	if err != nil {
 		return nil, err
 	}
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithLowerEncoderMem(true))
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithLowerEncoderMem(true))
 	if err != nil {
 		return nil, err
 	}
@@ -277,8 +310,12 @@ func (r *Repository) encodeObject(plain []byte) []byte {
 }
 
 func (r *Repository) frame(plain []byte) []byte {
-	buf := make([]byte, 1, len(plain)/2+64)
-	buf[0] = frameZstd
+	return r.frameInto(make([]byte, 0, len(plain)/2+64), plain)
+}
+
+// frameInto frames plain into buf (reusing its capacity).
+func (r *Repository) frameInto(buf, plain []byte) []byte {
+	buf = append(buf[:0], frameZstd)
 	buf = r.enc.EncodeAll(plain, buf)
 	if len(buf) >= len(plain)+1 {
 		buf = append(buf[:0], frameRaw)

@@ -53,6 +53,28 @@ type restoreFile struct {
 	node      *Node
 	remaining atomic.Int64
 	failed    atomic.Bool
+	mu        sync.Mutex
+	created   bool
+}
+
+// open opens the file for writing, creating it (at its final size, so
+// unwritten ranges stay holes) on first use.
+func (f *restoreFile) open() (*os.File, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.created {
+		return os.OpenFile(f.path, os.O_WRONLY|unix.O_NOFOLLOW, 0)
+	}
+	fd, err := os.OpenFile(f.path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := fd.Truncate(f.node.Size); err != nil {
+		fd.Close()
+		return nil, err
+	}
+	f.created = true
+	return fd, nil
 }
 
 type blobTarget struct {
@@ -66,11 +88,14 @@ type packWant struct {
 }
 
 type restorer struct {
-	r       *Repository
-	target  string
-	opts    RestoreOptions
-	packs   map[ID]map[ID]*packWant
-	dirs    []struct{ path string; node *Node }
+	r      *Repository
+	target string
+	opts   RestoreOptions
+	packs  map[ID]map[ID]*packWant
+	dirs   []struct {
+		path string
+		node *Node
+	}
 	links   [][2]string // hard links: [existing, new]
 	inodes  map[[2]uint64]string
 	files   []*restoreFile
@@ -100,18 +125,24 @@ func includeState(includes []string, p string) (want, onPath bool) {
 		if ok, _ := path.Match(inc, p); ok || inc == p || strings.HasPrefix(p, inc+"/") {
 			return true, false
 		}
-		if strings.HasPrefix(inc, p+"/") {
-			onPath = true
+		// p lies on the way to a match if each of its components
+		// matches the pattern's component at the same depth.
+		ip, pp := strings.Split(inc, "/"), strings.Split(p, "/")
+		if len(pp) < len(ip) {
+			on := true
+			for i := range pp {
+				if ok, _ := path.Match(ip[i], pp[i]); !ok {
+					on = false
+					break
+				}
+			}
+			onPath = onPath || on
 		}
 		// A glob matching a prefix of p selects p's ancestor.
-		parts := strings.Split(p, "/")
-		for i := 1; i < len(parts); i++ {
-			if ok, _ := path.Match(inc, strings.Join(parts[:i], "/")); ok {
+		for i := 1; i < len(pp); i++ {
+			if ok, _ := path.Match(inc, strings.Join(pp[:i], "/")); ok {
 				return true, false
 			}
-		}
-		if strings.ContainsAny(inc, "*?[") {
-			onPath = true
 		}
 	}
 	return false, onPath
@@ -144,7 +175,13 @@ func (r *Repository) Restore(ctx context.Context, snapID ID, target string, opts
 		return nil, err
 	}
 	for _, f := range rs.files {
-		if f.node.Size == 0 || len(f.node.Content) == 0 {
+		if len(f.node.Content) == 0 {
+			fd, err := f.open()
+			if err != nil {
+				rs.fail("%s: %v", f.path, err)
+				continue
+			}
+			fd.Close()
 			rs.finishFile(f)
 		}
 	}
@@ -222,15 +259,8 @@ func (rs *restorer) plan(ctx context.Context, tree ID, rel string) error {
 				}
 				rs.inodes[key] = dst
 			}
-			os.Remove(dst)
-			f, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-			if err == nil {
-				err = f.Truncate(n.Size)
-				f.Close()
-			}
-			if err != nil {
-				rs.fail("%s: %v", dst, err)
-				continue
+			if fi, err := os.Lstat(dst); err == nil && (!fi.Mode().IsRegular() || n.Links > 1) {
+				os.Remove(dst)
 			}
 			rf := &restoreFile{path: dst, node: n}
 			rf.remaining.Store(int64(len(n.Content)))
@@ -412,21 +442,30 @@ func isZero(b []byte) bool {
 func (rs *restorer) writeBlob(w *packWant, plain []byte) {
 	zero := isZero(plain)
 	for _, t := range w.targets {
-		if !zero { // all-zero chunks stay holes: sparse files stay sparse
-			f, err := os.OpenFile(t.file.path, os.O_WRONLY, 0)
-			if err == nil {
-				_, err = f.WriteAt(plain, t.offset)
-				if cerr := f.Close(); err == nil {
-					err = cerr
-				}
-			}
-			if err != nil {
-				rs.fail("%s: %v", t.file.path, err)
-				t.file.failed.Store(true)
-			}
+		// All-zero chunks are not written: they stay holes, so sparse
+		// files stay sparse.
+		f, err := t.file.open()
+		if err == nil && !zero {
+			_, err = f.WriteAt(plain, t.offset)
+		}
+		if err != nil {
+			rs.fail("%s: %v", t.file.path, err)
+			t.file.failed.Store(true)
 		}
 		rs.written.Add(int64(len(plain)))
-		if t.file.remaining.Add(-1) == 0 {
+		last := t.file.remaining.Add(-1) == 0
+		if f != nil {
+			if last && err == nil {
+				rs.setFileMeta(f, t.file)
+			}
+			if cerr := f.Close(); cerr != nil && err == nil {
+				rs.fail("%s: %v", t.file.path, cerr)
+				t.file.failed.Store(true)
+			}
+			if last {
+				rs.nfiles.Add(1)
+			}
+		} else if last {
 			rs.finishFile(t.file)
 		}
 	}
@@ -435,6 +474,29 @@ func (rs *restorer) writeBlob(w *packWant, plain []byte) {
 func (rs *restorer) finishFile(f *restoreFile) {
 	rs.setMeta(f.path, f.node)
 	rs.nfiles.Add(1)
+}
+
+// setFileMeta applies a regular file's metadata through its open descriptor.
+func (rs *restorer) setFileMeta(f *os.File, rf *restoreFile) {
+	n := rf.node
+	fd := int(f.Fd())
+	if rs.asRoot {
+		if err := unix.Fchown(fd, int(n.UID), int(n.GID)); err != nil {
+			rs.fail("%s: chown: %v", rf.path, err)
+		}
+	}
+	if err := unix.Fchmod(fd, n.Mode&07777); err != nil {
+		rs.fail("%s: chmod: %v", rf.path, err)
+	}
+	for k, v := range n.Xattrs {
+		if err := unix.Fsetxattr(fd, k, v, 0); err != nil && !errors.Is(err, unix.ENOTSUP) && !errors.Is(err, unix.EPERM) {
+			rs.fail("%s: xattr %s: %v", rf.path, k, err)
+		}
+	}
+	ts := []unix.Timespec{unix.NsecToTimespec(n.ModTime.UnixNano()), unix.NsecToTimespec(n.ModTime.UnixNano())}
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, rf.path, ts, 0); err != nil {
+		rs.fail("%s: times: %v", rf.path, err)
+	}
 }
 
 // setMeta applies ownership, mode, extended attributes and times.

@@ -1,0 +1,60 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/holdfast/holdfast/internal/repo"
+	"github.com/spf13/cobra"
+)
+
+func newRestoreCommand() *cobra.Command {
+	var f repoFlags
+	var target string
+	var opts repo.RestoreOptions
+	cmd := &cobra.Command{
+		Use:   "restore SNAPSHOT --target DIR",
+		Short: "Restore a snapshot (or part of it) into a directory",
+		Long: `Restore a snapshot into a directory, with modes, owners (as root), times,
+symlinks, hard links, extended attributes and sparse files. SNAPSHOT is an ID,
+a unique prefix, or "latest". Files whose data is damaged are reported and
+every other file is still restored.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if target == "" {
+				return fmt.Errorf("--target is required")
+			}
+			r, err := openRepo(cmd.Context(), &f, false)
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			id, err := r.FindSnapshot(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			progress, done := newBar("restore")
+			opts.Progress = progress
+			sum, err := r.Restore(cmd.Context(), id, target, opts)
+			done()
+			if sum == nil {
+				return repoError(err)
+			}
+			if globals.json {
+				if perr := printJSON(cmd.OutOrStdout(), sum); perr != nil {
+					return perr
+				}
+			} else {
+				for _, e := range sum.Errors {
+					fmt.Fprintf(cmd.ErrOrStderr(), "error: %s\n", e)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "restored %d files, %d dirs, %s from snapshot %s to %s in %.2fs\n",
+					sum.Files, sum.Dirs, humanBytes(sum.Bytes), id.Short(), target, sum.Seconds)
+			}
+			return err
+		},
+	}
+	f.add(cmd)
+	cmd.Flags().StringVarP(&target, "target", "t", "", "directory to restore into")
+	cmd.Flags().StringArrayVarP(&opts.Includes, "include", "i", nil, "restore only paths matching a glob or lying under it (repeatable)")
+	return cmd
+}

@@ -1,0 +1,244 @@
+package repo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+
+	"github.com/holdfast/holdfast/internal/repo/backend"
+)
+
+// indexPacksPerFile bounds how many packs prune writes into one index file.
+const indexPacksPerFile = 20000
+
+// PruneOptions configure a prune.
+type PruneOptions struct {
+	DryRun bool
+}
+
+// PruneResult describes what prune did (or would do).
+type PruneResult struct {
+	UsedBlobs         int   `json:"used_blobs"`
+	UnusedBlobs       int   `json:"unused_blobs"`
+	PacksKept         int   `json:"packs_kept"`
+	PacksDeleted      int   `json:"packs_deleted"`
+	PacksRepacked     int   `json:"packs_repacked"`
+	PacksUnreferenced int   `json:"packs_unreferenced"`
+	PacksWritten      int   `json:"packs_written"`
+	IndexFilesRemoved int   `json:"index_files_removed"`
+	BytesBefore       int64 `json:"bytes_before"`
+	BytesAfter        int64 `json:"bytes_after"`
+}
+
+// Prune removes data no snapshot references. It takes an exclusive lock,
+// so no backup runs meanwhile. The order of work keeps the repository
+// valid if prune is interrupted at any point: new packs, then the new
+// index, then removal of old index files, then removal of old packs.
+func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (*PruneResult, error) {
+	lock, err := r.Lock(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Unlock(context.WithoutCancel(ctx))
+	if err := r.LoadIndex(ctx); err != nil {
+		return nil, fmt.Errorf("prune: %w (run check)", err)
+	}
+	oldIndex, err := r.listIDs(ctx, backend.IndexFile)
+	if err != nil {
+		return nil, err
+	}
+	used := map[ID]bool{}
+	snaps, err := r.listIDs(ctx, backend.SnapshotFile)
+	if err != nil {
+		return nil, err
+	}
+	for _, sid := range snaps {
+		sn, err := r.LoadSnapshot(ctx, sid)
+		if err != nil {
+			return nil, fmt.Errorf("prune: %w (nothing removed)", err)
+		}
+		if err := r.markUsed(ctx, sn.Tree, used); err != nil {
+			return nil, fmt.Errorf("prune: snapshot %s: %w (nothing removed)", sid.Short(), err)
+		}
+	}
+	res := &PruneResult{UsedBlobs: len(used)}
+	packs := r.idx.allPacks()
+	sort.Slice(packs, func(i, j int) bool { return packs[i].ID.String() < packs[j].ID.String() })
+	kept := map[ID]bool{}
+	var keepPacks, repack, drop []*IndexPack
+	// Fully used packs first, so their blobs count as kept.
+	for _, p := range packs {
+		res.BytesBefore += p.Size
+		all := true
+		for _, b := range p.Blobs {
+			if !used[b.ID] || kept[b.ID] {
+				all = false
+				break
+			}
+		}
+		if all {
+			keepPacks = append(keepPacks, p)
+			for _, b := range p.Blobs {
+				kept[b.ID] = true
+			}
+		}
+	}
+	isKept := map[ID]bool{}
+	for _, p := range keepPacks {
+		isKept[p.ID] = true
+	}
+	for _, p := range packs {
+		if isKept[p.ID] {
+			continue
+		}
+		need := false
+		for _, b := range p.Blobs {
+			if used[b.ID] && !kept[b.ID] {
+				need = true
+			} else {
+				res.UnusedBlobs++
+			}
+		}
+		if need {
+			repack = append(repack, p)
+			for _, b := range p.Blobs {
+				if used[b.ID] {
+					kept[b.ID] = true
+				}
+			}
+		} else {
+			drop = append(drop, p)
+		}
+	}
+	for id := range used {
+		if !kept[id] {
+			return nil, fmt.Errorf("prune: blob %s is used but not in any pack (nothing removed; run check)", id.Short())
+		}
+	}
+	indexed := map[string]bool{}
+	for _, p := range packs {
+		indexed[p.ID.String()] = true
+	}
+	var orphans []string
+	r.be.List(ctx, backend.PackFile, func(fi backend.FileInfo) error {
+		if !indexed[fi.Name] {
+			orphans = append(orphans, fi.Name)
+		}
+		return nil
+	})
+	res.PacksKept, res.PacksRepacked, res.PacksDeleted, res.PacksUnreferenced = len(keepPacks), len(repack), len(drop), len(orphans)
+	if opts.DryRun {
+		return res, nil
+	}
+
+	// 1. Copy the used blobs of partly used packs into new packs.
+	pw := r.newPackWriter(ctx)
+	pw.noIndex = true
+	copied := map[ID]bool{}
+	inKept := map[ID]bool{}
+	for _, p := range keepPacks {
+		for _, b := range p.Blobs {
+			inKept[b.ID] = true
+		}
+	}
+	for _, p := range repack {
+		data, err := r.be.Load(ctx, backend.Handle{Type: backend.PackFile, Name: p.ID.String()}, 0, 0)
+		if err == nil && fileID(data) != p.ID {
+			err = errors.New("content does not match its name (damaged)")
+		}
+		if err != nil {
+			pw.abort()
+			return nil, fmt.Errorf("prune: reading pack %s: %w (nothing removed)", p.ID.Short(), err)
+		}
+		for _, b := range p.Blobs {
+			if !used[b.ID] || copied[b.ID] || inKept[b.ID] {
+				continue
+			}
+			enc := data[b.Offset : b.Offset+b.Length]
+			if _, err := r.decodeBlob(BlobLocation{Pack: p.ID, PackedBlob: b}, enc); err != nil {
+				pw.abort()
+				return nil, fmt.Errorf("prune: %w (nothing removed)", err)
+			}
+			if err := pw.addEncrypted(b.Type, b.ID, append([]byte(nil), enc...), int(b.RawLen)); err != nil {
+				pw.abort()
+				return nil, fmt.Errorf("prune: %w", err)
+			}
+			copied[b.ID] = true
+		}
+	}
+	if err := pw.finish(); err != nil {
+		return nil, fmt.Errorf("prune: %w (nothing removed)", err)
+	}
+	res.PacksWritten = pw.packsStored
+
+	// 2. Write the new index: kept packs and the new ones.
+	final := make([]IndexPack, 0, len(keepPacks)+len(pw.written))
+	for _, p := range keepPacks {
+		final = append(final, *p)
+	}
+	final = append(final, pw.written...)
+	newIndex := map[ID]bool{}
+	for i := 0; i < len(final); i += indexPacksPerFile {
+		end := min(i+indexPacksPerFile, len(final))
+		id, err := r.saveFile(ctx, backend.IndexFile, encodeIndex(final[i:end]))
+		if err != nil {
+			return nil, fmt.Errorf("prune: writing index: %w (nothing removed)", err)
+		}
+		newIndex[id] = true
+	}
+	// 3. Remove the old index files, 4. then the packs they listed.
+	for _, id := range oldIndex {
+		if newIndex[id] {
+			continue
+		}
+		if err := r.be.Remove(ctx, backend.Handle{Type: backend.IndexFile, Name: id.String()}); err != nil {
+			return nil, fmt.Errorf("prune: removing index %s: %w", id.Short(), err)
+		}
+		res.IndexFilesRemoved++
+	}
+	var remove []string
+	for _, p := range append(repack, drop...) {
+		remove = append(remove, p.ID.String())
+	}
+	remove = append(remove, orphans...)
+	for _, name := range remove {
+		if err := r.be.Remove(ctx, backend.Handle{Type: backend.PackFile, Name: name}); err != nil && !errors.Is(err, backend.ErrNotExist) {
+			return nil, fmt.Errorf("prune: removing pack %s: %w", name, err)
+		}
+	}
+	if l, ok := r.be.(*backend.Local); ok {
+		l.RemoveTemporary()
+	}
+	if err := r.LoadIndex(ctx); err != nil {
+		return nil, err
+	}
+	for _, p := range r.idx.allPacks() {
+		res.BytesAfter += p.Size
+	}
+	r.log.Info("prune finished", "deleted", res.PacksDeleted, "repacked", res.PacksRepacked, "before", res.BytesBefore, "after", res.BytesAfter)
+	return res, nil
+}
+
+// markUsed adds every blob reachable from tree id to used.
+func (r *Repository) markUsed(ctx context.Context, id ID, used map[ID]bool) error {
+	if used[id] {
+		return nil
+	}
+	t, err := r.LoadTree(ctx, id)
+	if err != nil {
+		return err
+	}
+	used[id] = true
+	for _, n := range t.Nodes {
+		for _, b := range n.Content {
+			used[b] = true
+		}
+		if n.Type == NodeDir {
+			if err := r.markUsed(ctx, *n.Subtree, used); err != nil {
+				return err
+			}
+		}
+	}
+	return ctx.Err()
+}
