@@ -246,7 +246,7 @@ func (s *Service) registerAPI(api *http.ServeMux) {
 // poolMetrics are the pool's Prometheus metrics.
 type poolMetrics struct {
 	rounds, proofs, proofFailures, repairedShards, movedShards, corruptShards prometheus.Counter
-	sentBytes, protectedBytes, rebuiltBytes, evictedBytes                    prometheus.Counter
+	sentBytes, protectedBytes, rebuiltBytes, evictedBytes                     prometheus.Counter
 }
 
 func newPoolMetrics(s *Service, reg *prometheus.Registry) *poolMetrics {
