@@ -1,0 +1,158 @@
+package netdiag
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+func loopbackPair(t *testing.T) (client *net.TCPConn, server net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	acc := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		acc <- c
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := <-acc
+	if s == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c.(*net.TCPConn), s
+}
+
+// TestMonitorWriteRecords checks that kernel timestamps land on the right
+// writes: one write in three is sampled, each record carries that write's
+// byte offset and size and ordered kernel times, and the totals add up.
+func TestMonitorWriteRecords(t *testing.T) {
+	c, s := loopbackPair(t)
+	got := make(chan int64, 1)
+	go func() { n, _ := io.Copy(io.Discard, s); got <- n }()
+	cfg := DefaultConfig()
+	cfg.WriteSampleEvery = 3
+	sink := &collect{}
+	m, err := NewConnMonitor(c, cfg, sink, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	type span struct{ off, size uint64 }
+	var want []span
+	var total uint64
+	for i := range 30 {
+		size := 1 + (i*7919)%(200<<10)
+		if i%3 == 0 {
+			want = append(want, span{total, uint64(size)})
+		}
+		if _, err := m.Write(make([]byte, size)); err != nil {
+			t.Fatal(err)
+		}
+		total += uint64(size)
+	}
+	if m.Offset() != total {
+		t.Fatalf("Offset %d, want %d", m.Offset(), total)
+	}
+	if err := m.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if n := <-got; uint64(n) != total {
+		t.Fatalf("receiver got %d bytes, want %d", n, total)
+	}
+	time.Sleep(50 * time.Millisecond) // let the last ACK timestamps arrive
+	m.Finish()
+	var writes []WriteRecord
+	var cl *ConnClose
+	for _, r := range sink.all() {
+		if r.Conn != m.ID() || r.Peer != c.RemoteAddr().String() {
+			t.Fatalf("record for conn %s peer %s, want %s %s", r.Conn, r.Peer, m.ID(), c.RemoteAddr())
+		}
+		switch r.Kind {
+		case KindWrite:
+			writes = append(writes, *r.Write)
+		case KindClose:
+			cl = r.Close
+		}
+	}
+	if len(writes) != len(want) {
+		t.Fatalf("%d write records, want %d", len(writes), len(want))
+	}
+	for i, w := range writes {
+		if w.Offset != want[i].off || uint64(w.Size) != want[i].size {
+			t.Errorf("write %d: offset %d size %d, want %d %d", i, w.Offset, w.Size, want[i].off, want[i].size)
+		}
+		if !(w.Start <= w.End && w.Sched > 0 && w.Sched <= w.Sent && w.Sent <= w.Acked) {
+			t.Errorf("write %d: times out of order: start %d end %d sched %d sent %d acked %d", i, w.Start, w.End, w.Sched, w.Sent, w.Acked)
+		}
+	}
+	if cl == nil || cl.BytesWritten != total || cl.Writes != 30 || cl.TimestampsLost != 0 {
+		t.Fatalf("close record %+v, want %d bytes in 30 writes, none lost", cl, total)
+	}
+}
+
+// TestReadSurvivesErrQueueWakeup reproduces the Go runtime hazard the
+// monitor works around: with transmit timestamps queued while the socket
+// is neither readable nor writable, epoll reports EPOLLERR alone and a
+// plain read on the connection fails with "not pollable". The monitor's
+// Read must deliver the peer's byte instead.
+func TestReadSurvivesErrQueueWakeup(t *testing.T) {
+	c, s := loopbackPair(t)
+	if err := c.SetWriteBuffer(64 << 10); err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.DrainInterval = time.Hour // leave the error queue to fill
+	cfg.TCPInfoInterval = 0
+	m, err := NewConnMonitor(c, cfg, nil, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	type result struct {
+		b   byte
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		b := make([]byte, 1)
+		_, err := io.ReadFull(m, b)
+		res <- result{b[0], err}
+	}()
+	// Fill the socket so it is no longer writable; the peer reads nothing,
+	// so ACK timestamps keep arriving for data its buffer accepts.
+	if err := m.SetWriteDeadline(time.Now().Add(300 * time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 16<<10)
+	for {
+		if _, err := m.Write(buf); err != nil {
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("write: %v", err)
+			}
+			break
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	if _, err := s.Write([]byte{42}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-res:
+		if r.err != nil || r.b != 42 {
+			t.Fatalf("read through monitor: byte %d, err %v; want 42", r.b, r.err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("read through monitor did not return")
+	}
+	t.Logf("not-pollable recoveries: %d", m.npRecovered.Load())
+}
