@@ -6,7 +6,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -29,16 +28,6 @@ func (w tWriter) Write(p []byte) (int, error) {
 
 func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) time.Duration {
@@ -100,22 +89,24 @@ func newCluster(t *testing.T, names []string, cfg func(name string) Config) *tcl
 	c := &tcluster{t: t, root: t.TempDir(), nodes: map[string]*tnode{}}
 	for i, name := range names {
 		dir := filepath.Join(c.root, name)
-		addr := freeAddr(t)
 		if i == 0 {
-			if _, err := agent.Init(dir, agent.InitOptions{Name: name, Listen: addr}); err != nil {
+			if _, err := agent.Init(dir, agent.InitOptions{Name: name, Listen: "127.0.0.1:0"}); err != nil {
 				t.Fatal(err)
 			}
-			c.caDir, c.caAddr = dir, addr
+			c.caDir = dir
 		} else {
-			c.join(name, dir, addr)
+			c.join(name, dir)
 		}
-		c.start(name, dir, addr, cfg(name))
+		n := c.start(name, dir, cfg(name))
+		if i == 0 {
+			c.caAddr = n.addr
+		}
 	}
 	c.waitMesh(names)
 	return c
 }
 
-func (c *tcluster) join(name, dir, addr string) {
+func (c *tcluster) join(name, dir string) {
 	t := c.t
 	ca, err := cluster.LoadCA(c.caDir)
 	if err != nil {
@@ -125,12 +116,12 @@ func (c *tcluster) join(name, dir, addr string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := agent.Join(context.Background(), dir, c.caAddr, tok, agent.InitOptions{Name: name, Listen: addr, Labels: map[string]string{"zone": "z-" + name}}, testLogger(t)); err != nil {
+	if _, err := agent.Join(context.Background(), dir, c.caAddr, tok, agent.InitOptions{Name: name, Listen: "127.0.0.1:0", Labels: map[string]string{"zone": "z-" + name}}, testLogger(t)); err != nil {
 		t.Fatalf("join %s: %v", name, err)
 	}
 }
 
-func (c *tcluster) start(name, dir, addr string, pc Config) *tnode {
+func (c *tcluster) start(name, dir string, pc Config) *tnode {
 	t := c.t
 	ac, err := agent.LoadConfig(dir)
 	if err != nil {
@@ -151,8 +142,12 @@ func (c *tcluster) start(name, dir, addr string, pc Config) *tnode {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	n := &tnode{name: name, dir: dir, addr: addr, cfg: pc, a: a, svc: svc, cancel: cancel, done: make(chan error, 1)}
+	n := &tnode{name: name, dir: dir, cfg: pc, a: a, svc: svc, cancel: cancel, done: make(chan error, 1)}
 	go func() { n.done <- a.Run(ctx) }()
+	waitFor(t, name+" listening", 10*time.Second, func() bool {
+		n.addr = a.Status().Listen
+		return n.addr != ""
+	})
 	t.Cleanup(func() { n.stop(t) })
 	c.nodes[name] = n
 	return n

@@ -53,9 +53,8 @@ func TestFiveAgentsDisasterRestore(t *testing.T) {
 
 	// A fresh agent re-joins under the origin's name with an empty pool.
 	dir := filepath.Join(c.root, "a-new")
-	addr := freeAddr(t)
-	c.join("a", dir, addr)
-	fresh := c.start("a", dir, addr, testConfig(2, 2, 256<<20))
+	c.join("a", dir)
+	fresh := c.start("a", dir, testConfig(2, 2, 256<<20))
 	c.waitPeers(fresh, 2)
 	target := t.TempDir()
 	res, err := fresh.svc.RestoreFromPeers(ctx, RestoreOptions{Repo: "laptop", Password: testPass, Target: target, Logger: testLogger(t)})
