@@ -165,3 +165,5 @@ func compareTrees(t testing.TB, src, dst string) {
 		t.Fatalf("compared only %d entries", n)
 	}
 }
+
+func newRand(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, 99)) }
