@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 
 	"github.com/holdfast/holdfast/internal/agent"
+	"github.com/holdfast/holdfast/internal/pool"
 	"github.com/spf13/cobra"
 )
 
@@ -52,5 +53,5 @@ The agent serves its API on <state>/agent.sock, talks to peers over mTLS on
 
 // agentServices returns the feature services an agent runs.
 func agentServices() []agent.Service {
-	return nil
+	return []agent.Service{pool.NewService(pool.Options{})}
 }

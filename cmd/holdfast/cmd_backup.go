@@ -11,6 +11,7 @@ import (
 
 func newBackupCommand() *cobra.Command {
 	var f repoFlags
+	var srv serverFlags
 	var opts repo.BackupOptions
 	var parent string
 	cmd := &cobra.Command{
@@ -22,7 +23,7 @@ these paths) are not read again. Exit code 3 means the snapshot was saved but
 some files could not be read.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := openRepo(cmd.Context(), &f, false)
+			r, err := openRepoOn(cmd.Context(), &f, &srv)
 			if err != nil {
 				return err
 			}
@@ -63,6 +64,7 @@ some files could not be read.`,
 		},
 	}
 	f.add(cmd)
+	srv.add(cmd)
 	fl := cmd.Flags()
 	fl.StringArrayVar(&opts.Tags, "tag", nil, "tag the snapshot (repeatable)")
 	fl.StringArrayVarP(&opts.Excludes, "exclude", "e", nil, "exclude paths matching a glob (base name or full path; repeatable)")

@@ -9,6 +9,7 @@ import (
 
 func newRestoreCommand() *cobra.Command {
 	var f repoFlags
+	var fp fromPeersFlags
 	var target string
 	var opts repo.RestoreOptions
 	cmd := &cobra.Command{
@@ -22,6 +23,9 @@ every other file is still restored.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if target == "" {
 				return fmt.Errorf("--target is required")
+			}
+			if fp.enabled {
+				return restoreFromPeers(cmd, &fp, &f, args[0], target)
 			}
 			r, err := openRepo(cmd.Context(), &f, false)
 			if err != nil {
@@ -54,6 +58,7 @@ every other file is still restored.`,
 		},
 	}
 	f.add(cmd)
+	fp.add(cmd)
 	cmd.Flags().StringVarP(&target, "target", "t", "", "directory to restore into")
 	cmd.Flags().StringArrayVarP(&opts.Includes, "include", "i", nil, "restore only paths matching a glob or lying under it (repeatable)")
 	return cmd

@@ -44,6 +44,7 @@ func newRootCommand() *cobra.Command {
 		newVolumeCommand(),
 		newNetdiagCommand(),
 		newLabCommand(),
+		newPoolCommand(),
 	)
 	root.AddCommand(newRepoCommands()...) // backup repository: cmd_repo.go
 	return root

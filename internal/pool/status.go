@@ -234,6 +234,7 @@ func (s *Service) registerAPI(api *http.ServeMux) {
 		}
 		agent.WriteJSON(w, http.StatusOK, res)
 	})
+	s.registerRepoAPI(api)
 	api.HandleFunc("POST /v1/pool/forgive/{peer}", func(w http.ResponseWriter, r *http.Request) {
 		if err := s.Forgive(r.PathValue("peer")); err != nil {
 			agent.WriteError(w, http.StatusInternalServerError, err)
