@@ -56,6 +56,10 @@ type Decider struct {
 	started    bool
 	changedAt  time.Time
 	aheadSince time.Time
+	// measureFrom is when the rate of the current class starts to count:
+	// half of Settle after a change, so that TCP's reaction to the new
+	// mark (or slow start, at the beginning) is not taken for the class.
+	measureFrom time.Time
 	samples    []sample
 	est        []estimate
 }
@@ -96,6 +100,7 @@ func (d *Decider) Observe(o Observation) Decision {
 	if !d.started {
 		d.started = true
 		d.changedAt = o.Now
+		d.measureFrom = o.Now.Add(d.p.Settle / 2)
 		d.samples = append(d.samples[:0], sample{o.Now, o.Done})
 		dec.Reason = "start in " + d.p.Classes[d.class].Name
 		return dec
@@ -103,6 +108,9 @@ func (d *Decider) Observe(o Observation) Decision {
 	if n := len(d.samples); n > 0 && !o.Now.After(d.samples[n-1].t) {
 		dec.Reason = "observation out of order: ignored"
 		return dec
+	}
+	if o.Now.Before(d.measureFrom) {
+		d.samples = d.samples[:0]
 	}
 	d.samples = append(d.samples, sample{o.Now, o.Done})
 	// Keep the samples of the current window: the oldest kept is the
@@ -213,6 +221,7 @@ func (d *Decider) change(dec *Decision, to int, o Observation) {
 	dec.Changed = to != d.class
 	d.class = to
 	d.changedAt = o.Now
+	d.measureFrom = o.Now.Add(d.p.Settle / 2)
 	d.aheadSince = time.Time{}
 	d.samples = append(d.samples[:0], sample{o.Now, o.Done})
 }

@@ -84,10 +84,12 @@ type Policy struct {
 	// Hold is how long the task must stay comfortably ahead before its
 	// class is lowered by one step.
 	Hold time.Duration `json:"hold"`
-	// Settle is how long a class is measured, after a change, before the
-	// task may be judged behind in it.
+	// Settle is how long a class is given, after a change, before the
+	// task may be judged behind in it. The rate measured in its first half
+	// does not count (TCP is still reacting to the change).
 	Settle time.Duration `json:"settle"`
-	// Window is the span over which the task's rate is measured.
+	// Window is the span over which the task's rate is measured; a rate
+	// is trusted once half a window has been measured.
 	Window time.Duration `json:"window"`
 	// Forget is how long the rate measured in a class is remembered. A
 	// class measured too slow is not chosen again (by lowering) until then.
