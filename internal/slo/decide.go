@@ -60,8 +60,8 @@ type Decider struct {
 	// half of Settle after a change, so that TCP's reaction to the new
 	// mark (or slow start, at the beginning) is not taken for the class.
 	measureFrom time.Time
-	samples    []sample
-	est        []estimate
+	samples     []sample
+	est         []estimate
 }
 
 // NewDecider returns a Decider for obj under p, starting in p.Start. p
