@@ -27,6 +27,11 @@ type Config struct {
 	KernelTimestamps bool
 	// WriteSampleEvery timestamps and logs one write in this many (1: all).
 	WriteSampleEvery int
+	// WriteSampleInterval is the least time between two timestamped
+	// writes (0: no limit). Each timestamped write makes the kernel queue
+	// three error-queue messages and wake the connection's goroutines, so
+	// this bounds the cost per second whatever the write size.
+	WriteSampleInterval time.Duration
 	// MsgSampleEvery logs one acknowledged message in this many (1: all).
 	MsgSampleEvery int
 	// TCPInfoInterval is the TCP_INFO sampling period; 0 disables it.
@@ -37,14 +42,16 @@ type Config struct {
 }
 
 // DefaultConfig returns the configuration holdfast uses on its own
-// connections: every write timestamped, TCP_INFO every 100 ms.
+// connections: a write timestamped at most every 5 ms, every message
+// recorded, TCP_INFO every 100 ms. bench/netdiag measures its cost.
 func DefaultConfig() Config {
 	return Config{
-		KernelTimestamps: true,
-		WriteSampleEvery: 1,
-		MsgSampleEvery:   1,
-		TCPInfoInterval:  100 * time.Millisecond,
-		DrainInterval:    10 * time.Millisecond,
+		KernelTimestamps:    true,
+		WriteSampleEvery:    1,
+		WriteSampleInterval: 5 * time.Millisecond,
+		MsgSampleEvery:      1,
+		TCPInfoInterval:     100 * time.Millisecond,
+		DrainInterval:       10 * time.Millisecond,
 	}
 }
 
@@ -56,6 +63,9 @@ func (c Config) Validate() error {
 	}
 	if c.MsgSampleEvery < 1 {
 		errs = append(errs, fmt.Errorf("MsgSampleEvery %d: must be at least 1", c.MsgSampleEvery))
+	}
+	if c.WriteSampleInterval < 0 {
+		errs = append(errs, fmt.Errorf("WriteSampleInterval %v: must not be negative", c.WriteSampleInterval))
 	}
 	if c.TCPInfoInterval != 0 && c.TCPInfoInterval < MinTCPInfoInterval {
 		errs = append(errs, fmt.Errorf("TCPInfoInterval %v: must be 0 (off) or at least %v", c.TCPInfoInterval, MinTCPInfoInterval))

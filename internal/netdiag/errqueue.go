@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -129,4 +130,53 @@ func txCmsg() []byte {
 	h.SetLen(unix.CmsgLen(4))
 	binary.NativeEndian.PutUint32(b[unix.CmsgLen(0):], uint32(txRecordFlags))
 	return b
+}
+
+// errQueueBatch is how many error-queue messages one recvmmsg reads.
+const errQueueBatch = 32
+
+// errQueueReader reads the socket error queue in batches with recvmmsg.
+type errQueueReader struct {
+	hdrs [errQueueBatch]unix.Mmsghdr
+	oob  [errQueueBatch][errQueueOOBSize]byte
+}
+
+func newErrQueueReader() *errQueueReader {
+	r := &errQueueReader{}
+	for i := range r.hdrs {
+		r.hdrs[i].Hdr.Control = &r.oob[i][0]
+	}
+	return r
+}
+
+// read drains the error queue of fd, calling fn with the control bytes of
+// each message (nil when the kernel truncated them). It returns when the
+// queue is empty or on error.
+func (r *errQueueReader) read(fd int, fn func(oob []byte)) {
+	for {
+		for i := range r.hdrs {
+			r.hdrs[i].Hdr.SetControllen(errQueueOOBSize)
+			r.hdrs[i].Hdr.Flags = 0
+			r.hdrs[i].Len = 0
+		}
+		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&r.hdrs[0])),
+			errQueueBatch, unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT, 0, 0)
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno != 0 {
+			return // EAGAIN: empty
+		}
+		for i := 0; i < int(n); i++ {
+			h := &r.hdrs[i].Hdr
+			if h.Flags&unix.MSG_CTRUNC != 0 || int(h.Controllen) > errQueueOOBSize {
+				fn(nil)
+				continue
+			}
+			fn(r.oob[i][:h.Controllen])
+		}
+		if int(n) < errQueueBatch {
+			return
+		}
+	}
 }

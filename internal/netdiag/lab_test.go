@@ -33,7 +33,11 @@ func TestLabProofs(t *testing.T) {
 		want    Class
 		signals []string
 	}{
-		{"clean path", scenario{Duration: 2 * time.Second, MsgSize: 256 << 10}, 0, ClassHealthy, nil},
+		// The clean transfer is paced a little under the path's rate: on
+		// this shared 2-core machine the emulator is sometimes descheduled
+		// and releases bursts, which an unpaced cubic flow would overflow
+		// the queue with (real loss, so rightly "network").
+		{"clean path", scenario{Duration: 2 * time.Second, MsgSize: 256 << 10, PacingRate: 5_000_000}, 0, ClassHealthy, nil},
 		{"delay and loss", scenario{Duration: 3 * time.Second, MsgSize: 256 << 10}, time.Second, ClassNetwork, []string{"retransmits", "rtt_inflation"}},
 		{"slow reader", scenario{Duration: 2 * time.Second, MsgSize: 256 << 10, ReadChunk: 64 << 10, ReadSleep: 20 * time.Millisecond, RecvBuf: 256 << 10}, 0, ClassReceivingApp, []string{"slow_consumer"}},
 		{"pausing sender", scenario{Duration: 2 * time.Second, MsgSize: 256 << 10, SenderPause: 200 * time.Millisecond}, 0, ClassSendingApp, []string{"sender_idle"}},

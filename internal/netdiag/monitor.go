@@ -48,11 +48,13 @@ type ConnMonitor struct {
 	wmu     sync.Mutex // serialises writes so offsets stay exact
 	offset  uint64     // bytes written through the monitor
 	nwrites uint64
+	// lastSample is when the last sampled write started (Unix ns).
+	lastSample int64
 
 	mu          sync.Mutex // guards everything below and error-queue reads
 	pending     map[uint32]*WriteRecord
 	order       []uint32 // keys of pending, oldest first
-	errOOB      []byte
+	errq        *errQueueReader
 	msgs        map[uint64]pendingMsg
 	nmsgs       uint64
 	tsLost      uint64
@@ -110,7 +112,7 @@ func NewConnMonitor(conn *net.TCPConn, cfg Config, sink Sink, log *slog.Logger) 
 		peer:    cfg.Peer,
 		pending: make(map[uint32]*WriteRecord),
 		msgs:    make(map[uint64]pendingMsg),
-		errOOB:  make([]byte, errQueueOOBSize),
+		errq:    newErrQueueReader(),
 		done:    make(chan struct{}),
 	}
 	if m.peer == "" {
@@ -184,16 +186,21 @@ func (m *ConnMonitor) emit(r Record) {
 	m.sink.Record(r)
 }
 
-// Write writes p and records it. One write in WriteSampleEvery is sent with
-// a per-write SO_TIMESTAMPING control message so that the kernel reports
-// its scheduled, sent and acknowledged times.
+// Write writes p and records it. Sampled writes (one in WriteSampleEvery,
+// at most one per WriteSampleInterval) are sent with a per-write
+// SO_TIMESTAMPING control message so that the kernel reports their
+// scheduled, sent and acknowledged times.
 func (m *ConnMonitor) Write(p []byte) (int, error) {
 	m.wmu.Lock()
 	defer m.wmu.Unlock()
 	m.nwrites++
-	sample := (m.nwrites-1)%uint64(m.cfg.WriteSampleEvery) == 0
 	off := m.offset
 	start := time.Now().UnixNano()
+	sample := (m.nwrites-1)%uint64(m.cfg.WriteSampleEvery) == 0 &&
+		(m.lastSample == 0 || start-m.lastSample >= int64(m.cfg.WriteSampleInterval))
+	if sample {
+		m.lastSample = start
+	}
 	var (
 		n   int
 		err error
@@ -210,7 +217,6 @@ func (m *ConnMonitor) Write(p []byte) (int, error) {
 		if m.tsOn {
 			m.mu.Lock()
 			m.addPending(uint32(off+uint64(n)-1), w)
-			m.drainLocked()
 			m.mu.Unlock()
 		} else {
 			m.emit(Record{Kind: KindWrite, Write: w})
@@ -281,25 +287,18 @@ func (m *ConnMonitor) drain() {
 
 func (m *ConnMonitor) drainLocked() {
 	_ = m.raw.Control(func(fd uintptr) {
-		for {
-			_, oobn, flags, _, err := unix.Recvmsg(int(fd), nil, m.errOOB, unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
-			if err == unix.EINTR {
-				continue
+		m.errq.read(int(fd), func(oob []byte) {
+			if oob == nil {
+				m.tsLost++
+				return
 			}
+			ts, err := parseTxTimestamp(oob)
 			if err != nil {
-				return // EAGAIN: queue empty
-			}
-			if flags&unix.MSG_CTRUNC != 0 {
 				m.tsLost++
-				continue
-			}
-			ts, perr := parseTxTimestamp(m.errOOB[:oobn])
-			if perr != nil {
-				m.tsLost++
-				continue
+				return
 			}
 			m.applyTimestamp(ts)
-		}
+		})
 	})
 }
 
@@ -338,6 +337,14 @@ func (m *ConnMonitor) compactOrder() {
 		i++
 	}
 	m.order = m.order[i:]
+}
+
+// pendingWrites returns how many sampled writes still wait for their
+// acknowledgement timestamp.
+func (m *ConnMonitor) pendingWrites() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.pending)
 }
 
 // Sent records that message msgID of size bytes, starting at byte offset

@@ -42,6 +42,7 @@ func TestMonitorWriteRecords(t *testing.T) {
 	go func() { n, _ := io.Copy(io.Discard, s); got <- n }()
 	cfg := DefaultConfig()
 	cfg.WriteSampleEvery = 3
+	cfg.WriteSampleInterval = 0
 	sink := &collect{}
 	m, err := NewConnMonitor(c, cfg, sink, testLogger(t))
 	if err != nil {
@@ -69,7 +70,11 @@ func TestMonitorWriteRecords(t *testing.T) {
 	if n := <-got; uint64(n) != total {
 		t.Fatalf("receiver got %d bytes, want %d", n, total)
 	}
-	time.Sleep(50 * time.Millisecond) // let the last ACK timestamps arrive
+	// Let the last ACK timestamps arrive (delayed ACKs, a loaded machine).
+	for deadline := time.Now().Add(5 * time.Second); m.pendingWrites() > 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		m.drain()
+	}
 	m.Finish()
 	var writes []WriteRecord
 	var cl *ConnClose

@@ -295,6 +295,7 @@ func TestConfigValidate(t *testing.T) {
 		{"zero msg sampling", func(c *Config) { c.MsgSampleEvery = 0 }, false},
 		{"tcpinfo too fast", func(c *Config) { c.TCPInfoInterval = time.Microsecond }, false},
 		{"no drain with timestamps", func(c *Config) { c.DrainInterval = 0 }, false},
+		{"negative sample interval", func(c *Config) { c.WriteSampleInterval = -time.Second }, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,0 +1,246 @@
+// Command stream measures what netdiag costs on a loopback bulk transfer:
+// a sender writes messages of -msg bytes (header + payload) to a receiver
+// that acknowledges each with a netdiag.Ack, for -bytes in total. The
+// sender's connection is unmonitored ("off"), monitored with
+// netdiag.DefaultConfig ("default": a write kernel-timestamped at most every
+// 5 ms, every message recorded, TCP_INFO every 100 ms, records written to a
+// log directory), monitored with every write kernel-timestamped
+// ("every-write"), or with TCP_INFO and message records but no kernel
+// timestamps ("tcpinfo"); "off-again" repeats "off" to show the noise
+// floor. Modes are interleaved run by run; it prints one line per run and a
+// table of medians with ratios against "off".
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"runtime/pprof"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/holdfast/holdfast/internal/netdiag"
+)
+
+const hdrSize = 12
+
+type result struct {
+	mode    string
+	seconds float64
+	cpu     float64 // process CPU seconds (user+sys)
+	bytes   int64
+}
+
+func main() {
+	total := flag.Int64("bytes", 2<<30, "bytes per run")
+	msg := flag.Int("msg", 1<<20, "message payload size")
+	runs := flag.Int("runs", 5, "runs per mode")
+	modes := flag.String("modes", "off,default,every-write,off-again", "modes to run, interleaved")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile here")
+	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fatal(err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	dir, err := os.MkdirTemp("", "netdiag-bench-")
+	if err != nil {
+		fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	var all []result
+	for r := range *runs {
+		for _, mode := range strings.Split(*modes, ",") {
+			res, err := run(context.Background(), mode, *total, *msg, dir, log)
+			if err != nil {
+				fatal(fmt.Errorf("run %d mode %s: %w", r, mode, err))
+			}
+			fmt.Printf("run %d %-8s %6.3f s  %7.2f MiB/s  cpu %6.3f s\n", r+1, mode, res.seconds, float64(res.bytes)/res.seconds/(1<<20), res.cpu)
+			all = append(all, res)
+		}
+	}
+	fmt.Println()
+	fmt.Printf("%-8s %12s %10s %14s %10s\n", "mode", "MiB/s (p50)", "vs off", "CPU s/GiB p50", "vs off")
+	var baseT, baseC float64
+	for _, mode := range strings.Split(*modes, ",") {
+		var tp, cpu []float64
+		for _, r := range all {
+			if r.mode == mode {
+				tp = append(tp, float64(r.bytes)/r.seconds/(1<<20))
+				cpu = append(cpu, r.cpu/(float64(r.bytes)/(1<<30)))
+			}
+		}
+		mt, mc := median(tp), median(cpu)
+		if mode == "off" {
+			baseT, baseC = mt, mc
+		}
+		rt, rc := "-", "-"
+		if baseT > 0 && mode != "off" {
+			rt = fmt.Sprintf("%.3f", mt/baseT)
+			rc = fmt.Sprintf("%.3f", mc/baseC)
+		}
+		fmt.Printf("%-8s %12.1f %10s %14.3f %10s\n", mode, mt, rt, mc, rc)
+	}
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "stream:", err)
+	os.Exit(1)
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
+}
+
+func run(ctx context.Context, mode string, total int64, msgSize int, dir string, log *slog.Logger) (result, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return result{}, err
+	}
+	defer ln.Close()
+	rerr := make(chan error, 1)
+	go func() { rerr <- receive(ln) }()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		return result{}, err
+	}
+	var conn net.Conn = c
+	var mon *netdiag.ConnMonitor
+	var rec *netdiag.Recorder
+	switch mode {
+	case "off", "off-again":
+	case "default", "every-write", "tcpinfo":
+		rec, err = netdiag.NewRecorder(netdiag.DefaultRecorderConfig(dir), log)
+		if err != nil {
+			return result{}, err
+		}
+		cfg := netdiag.DefaultConfig()
+		switch mode {
+		case "every-write":
+			cfg.WriteSampleInterval = 0
+		case "tcpinfo":
+			cfg.KernelTimestamps = false
+		}
+		mon, err = netdiag.NewConnMonitor(c.(*net.TCPConn), cfg, rec, log)
+		if err != nil {
+			return result{}, err
+		}
+		conn = mon
+	default:
+		return result{}, fmt.Errorf("unknown mode %q", mode)
+	}
+	start, cpu0 := time.Now(), cpuSeconds()
+	nmsg := total / int64(msgSize)
+	acks := make(chan error, 1)
+	go func() {
+		b := make([]byte, netdiag.AckSize)
+		for i := int64(0); i < nmsg; i++ {
+			if _, err := io.ReadFull(conn, b); err != nil {
+				acks <- fmt.Errorf("ack %d: %w", i, err)
+				return
+			}
+			var a netdiag.Ack
+			if err := a.UnmarshalBinary(b); err != nil {
+				acks <- err
+				return
+			}
+			if mon != nil {
+				if err := mon.AckedFrom(a); err != nil {
+					acks <- err
+					return
+				}
+			}
+		}
+		acks <- nil
+	}()
+	buf := make([]byte, hdrSize+msgSize)
+	for id := uint64(1); id <= uint64(nmsg); id++ {
+		binary.BigEndian.PutUint64(buf, id)
+		binary.BigEndian.PutUint32(buf[8:], uint32(msgSize))
+		if mon != nil {
+			mon.Sent(id, mon.Offset(), len(buf), time.Now())
+		}
+		if _, err := conn.Write(buf); err != nil {
+			return result{}, err
+		}
+	}
+	if err := <-acks; err != nil {
+		return result{}, err
+	}
+	res := result{mode: mode, seconds: time.Since(start).Seconds(), cpu: cpuSeconds() - cpu0, bytes: nmsg * int64(msgSize)}
+	if err := conn.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		return result{}, err
+	}
+	if err := <-rerr; err != nil {
+		return result{}, err
+	}
+	if rec != nil {
+		if err := rec.Close(); err != nil {
+			return result{}, err
+		}
+		if d := rec.Dropped(); d > 0 {
+			return result{}, fmt.Errorf("%d records dropped", d)
+		}
+	}
+	return res, nil
+}
+
+func receive(ln net.Listener) error {
+	c, err := ln.Accept()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	hdr := make([]byte, hdrSize)
+	buf := make([]byte, 1<<20)
+	ack := make([]byte, 0, netdiag.AckSize)
+	for {
+		if _, err := io.ReadFull(c, hdr); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		left := int(binary.BigEndian.Uint32(hdr[8:]))
+		for left > 0 {
+			n, err := c.Read(buf[:min(left, len(buf))])
+			if err != nil {
+				return err
+			}
+			left -= n
+		}
+		now := time.Now()
+		ack, _ = netdiag.NewAck(binary.BigEndian.Uint64(hdr), now, now).AppendBinary(ack[:0])
+		if _, err := c.Write(ack); err != nil {
+			return err
+		}
+	}
+}
