@@ -22,6 +22,9 @@ var protectedTypes = []backend.FileType{backend.KeyFile, backend.PackFile, backe
 
 const configName = "config"
 
+// protectWorkers bounds files being given a peer version at once.
+const protectWorkers = 3
+
 // handleOf maps a file ref back to the repository handle.
 func handleOf(ref peer.FileRef) backend.Handle {
 	if ref.Type == string(backend.ConfigFile) {
@@ -185,18 +188,33 @@ func (s *Service) Round(ctx context.Context) error {
 			continue
 		}
 		present := map[string]bool{}
+		var todo []peer.FileRef
+		s.mu.Lock()
 		for _, ref := range refs {
 			present[ref.Key()] = true
-			s.mu.Lock()
-			_, have := s.m.Files[ref.Key()]
-			s.mu.Unlock()
-			if have {
-				continue
-			}
-			if err := s.protectFile(ctx, ref); err != nil {
-				errs = append(errs, err)
+			if _, have := s.m.Files[ref.Key()]; !have {
+				todo = append(todo, ref)
 			}
 		}
+		s.mu.Unlock()
+		// A few files at a time keep every peer's path busy while one
+		// file's shards wait for their acknowledgements.
+		var wg sync.WaitGroup
+		var emu sync.Mutex
+		sem := make(chan struct{}, protectWorkers)
+		for _, ref := range todo {
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				if err := s.protectFile(ctx, ref); err != nil {
+					emu.Lock()
+					errs = append(errs, err)
+					emu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
 		s.dropMissing(ctx, r, present)
 	}
 	if err := s.repair(ctx); err != nil {
