@@ -26,6 +26,7 @@ type cpOptions struct {
 	noPace     bool
 	fair       bool
 	noProgress bool
+	slo        sloFlags // --deadline, --min-rate: cmd_slo.go
 }
 
 func newCpCommand() *cobra.Command {
@@ -60,6 +61,7 @@ is an existing directory there, sources land inside it.`,
 	f.BoolVar(&o.noPace, "no-pace", false, "do not pace sends")
 	f.BoolVar(&o.fair, "fair", false, "take only one flow's fair share of a shared bottleneck (one connection)")
 	f.BoolVar(&o.noProgress, "no-progress", false, "do not show a progress bar")
+	o.slo.add(cmd)
 	return cmd
 }
 
@@ -102,18 +104,24 @@ func runCp(cmd *cobra.Command, o cpOptions, args []string) error {
 	if !o.noProgress && !globals.json {
 		opts.Progress = progressPrinter(cmd.ErrOrStderr())
 	}
+	sloRun, err := o.slo.attachBulk(cmd.Context(), &opts, log)
+	if err != nil {
+		return err
+	}
 	rep, err := cl.SendFiles(cmd.Context(), addr, srcs, dst, opts)
+	sloRep := sloRun.finish()
 	if opts.Progress != nil {
 		fmt.Fprintln(cmd.ErrOrStderr())
 	}
 	if rep != nil {
 		if globals.json {
-			if jerr := printJSON(cmd.OutOrStdout(), rep); jerr != nil {
+			if jerr := printJSON(cmd.OutOrStdout(), withSLO(rep, sloRep)); jerr != nil {
 				return jerr
 			}
 		} else {
 			fmt.Fprintf(cmd.OutOrStdout(), "copied %d files, %s in %.2fs: %.1f Mbit/s over up to %d connections (%d sub-transfers)\n",
 				rep.Files, humanBytes(rep.Bytes), rep.Seconds, rep.Goodput/1e6, rep.MaxStreams, rep.Rounds)
+			printSLO(cmd.OutOrStdout(), sloRep)
 		}
 	}
 	if err != nil {

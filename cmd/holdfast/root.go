@@ -45,6 +45,7 @@ func newRootCommand() *cobra.Command {
 		newNetdiagCommand(),
 		newLabCommand(),
 		newPoolCommand(),
+		newSLOCommand(),
 	)
 	root.AddCommand(newRepoCommands()...) // backup repository: cmd_repo.go
 	return root
