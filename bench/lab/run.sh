@@ -38,7 +38,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) m=a[(NR+1)/2]; else m=(a[NR/2]+a[NR/2+1])/2; printf "%.4g\n", m}'; }
+median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) m=a[(NR+1)/2]; else m=(a[NR/2]+a[NR/2+1])/2; printf "%.2f\n", m}'; }
 mbit() { jq '.end.sum_received.bits_per_second/1e6*10|round/10'; }
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 clk_tck=$(getconf CLK_TCK)

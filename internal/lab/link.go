@@ -318,6 +318,15 @@ func (l *link) setPathLocked(p Path) {
 		}
 	}
 	l.qtotal = 0
+	if p.Rate == 0 {
+		// No bottleneck any more: what waited leaves now.
+		now := l.clk.now()
+		for _, pk := range waiting {
+			pk.class = l.table[pk.dscp]
+			l.schedule(pk, now)
+		}
+		waiting = nil
+	}
 	for _, pk := range waiting {
 		pk.class = l.table[pk.dscp]
 		q := l.qindex(pk.class)
