@@ -176,7 +176,7 @@ func (m *Manager) openVol(dir string) (*Volume, error) {
 		}
 		v.remote = r
 		v.wg.Add(1)
-		go func() { defer v.wg.Done(); v.shipLoop(context.WithoutCancel(m.ctx)) }()
+		go func() { defer v.wg.Done(); v.shipLoop(v.bctx) }()
 	}
 	return v, nil
 }
@@ -184,15 +184,23 @@ func (m *Manager) openVol(dir string) (*Volume, error) {
 // Close closes every volume.
 func (m *Manager) Close() error {
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	var errs []error
+	var vols []*Volume
 	for _, v := range m.vols {
-		errs = append(errs, v.Close())
+		vols = append(vols, v)
 	}
 	for _, v := range m.replicas {
+		vols = append(vols, v)
+	}
+	m.mu.Unlock()
+	// Volumes still filling read from their sources: close them first.
+	sort.SliceStable(vols, func(i, j int) bool { return vols[i].getMeta().Parent != nil && vols[j].getMeta().Parent == nil })
+	var errs []error
+	for _, v := range vols {
 		errs = append(errs, v.Close())
 	}
+	m.mu.Lock()
 	m.vols, m.replicas = map[string]*Volume{}, map[string]*Volume{}
+	m.mu.Unlock()
 	return errors.Join(errs...)
 }
 
@@ -520,6 +528,9 @@ func (v *Volume) resolve(at string) (Point, error) {
 		t = tt
 	}
 	if !t.IsZero() {
+		if meta := v.getMeta(); !meta.Replica && t.Before(meta.Created) {
+			return Point{}, fmt.Errorf("time %s is before volume %s was created: %w", t.Format(time.RFC3339Nano), v.meta.Name, ErrNotFound)
+		}
 		seq := v.log.SeqAt(t)
 		if seq == 0 {
 			// Before the first record held: the base, if nothing was folded.

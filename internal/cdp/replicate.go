@@ -21,7 +21,7 @@ func (v *Volume) shipLoop(ctx context.Context) {
 		if from < v.log.FirstSeq() {
 			from = v.log.FirstSeq()
 		}
-		if from >= v.log.NextSeq() {
+		if from > v.applied.Load() {
 			select {
 			case <-ctx.Done():
 				return
@@ -35,6 +35,12 @@ func (v *Volume) shipLoop(ctx context.Context) {
 			v.setShipErr(err)
 			sleepCtx(ctx, backoff)
 			continue
+		}
+		for i, r := range recs {
+			if r.Seq > v.applied.Load() {
+				recs = recs[:i]
+				break
+			}
 		}
 		cctx, cancel := context.WithTimeout(ctx, v.m.cfg.RemoteTimeout)
 		acked, err := v.remote.Append(cctx, v.meta.Name, v.size, recs)

@@ -77,6 +77,7 @@ type Volume struct {
 	baseMu     sync.Mutex
 	closed     atomic.Bool
 	written    atomic.Int64 // bytes written by clients since open
+	applied    atomic.Uint64 // last record fully applied (shipping stops there)
 
 	remote   Remote
 	shipMu   sync.Mutex
@@ -88,6 +89,7 @@ type Volume struct {
 	lagHist  *lagRecorder
 
 	filled atomic.Int64
+	bctx   context.Context // ends when the volume closes
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
@@ -154,6 +156,7 @@ func openVolume(ctx context.Context, m *Manager, dir string) (*Volume, error) {
 	}
 	bctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	v.cancel = cancel
+	v.bctx = bctx
 	v.start(bctx)
 	return v, nil
 }
@@ -230,6 +233,7 @@ func (v *Volume) replay() error {
 		}
 		seq = recs[len(recs)-1].Seq + 1
 	}
+	v.applied.Store(v.log.NextSeq() - 1)
 	if n > 0 {
 		v.logger.Info("replayed CDP log into the volume", "records", n, "from", start)
 		if err := v.checkpoint(); err != nil {
@@ -486,9 +490,13 @@ func (v *Volume) writeLocked(ctx context.Context, p []byte, off int64) (uint64, 
 		return 0, fmt.Errorf("logging write at %d: %w", off, err)
 	}
 	if _, err := v.data.WriteAt(buf, a); err != nil {
+		if uerr := v.log.Unappend(seq); uerr != nil {
+			v.logger.Error("removing unapplied write from the log", "seq", seq, "err", uerr)
+		}
 		return 0, fmt.Errorf("applying write at %d: %w", off, err)
 	}
 	v.markPresent(uint64(a), uint64(e-a))
+	v.applied.Store(seq)
 	return seq, nil
 }
 
@@ -529,8 +537,12 @@ func (v *Volume) Zero(ctx context.Context, off, n int64, fua bool) error {
 			rec := cdplog.Record{Kind: cdplog.KindZero, Offset: uint64(a), Length: uint64(e - a)}
 			seq, err = v.log.Append(&rec)
 			if err == nil {
-				err = zeroFile(v.data, a, e-a)
-				v.markPresent(uint64(a), uint64(e-a))
+				if err = zeroFile(v.data, a, e-a); err != nil {
+					v.log.Unappend(seq)
+				} else {
+					v.markPresent(uint64(a), uint64(e-a))
+					v.applied.Store(seq)
+				}
 			}
 		}
 		if err == nil && e < off+n {
@@ -573,6 +585,7 @@ func (v *Volume) appendPoint(kind cdplog.Kind, data []byte) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("logging %s: %w", kind, err)
 	}
+	v.applied.Store(seq)
 	return seq, nil
 }
 

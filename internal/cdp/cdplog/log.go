@@ -272,6 +272,40 @@ func (l *Log) Append(r *Record) (uint64, error) {
 	return r.Seq, nil
 }
 
+// Unappend removes record seq, which must be the last one, as if it had
+// never been appended (the caller failed to apply it and did not
+// acknowledge it).
+func (l *Log) Unappend(seq uint64) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if seq+1 != l.next || seq < l.first {
+		return fmt.Errorf("unappending record %d, last is %d: %w", seq, l.next-1, ErrNotHeld)
+	}
+	m := l.metas[len(l.metas)-1]
+	s := l.segs[m.seg]
+	if err := s.f.Truncate(m.pos); err != nil {
+		return fmt.Errorf("truncating record %d: %w", seq, err)
+	}
+	if m.Kind == KindWrite || m.Kind == KindZero {
+		for b := m.Offset / BlockSize; b < (m.Offset+m.Length)/BlockSize; b++ {
+			seqs := l.index[b]
+			if n := len(seqs); n > 0 && seqs[n-1] == seq {
+				if n == 1 {
+					delete(l.index, b)
+				} else {
+					l.index[b] = seqs[:n-1]
+				}
+			}
+		}
+	}
+	l.bytes -= s.size - m.pos
+	s.size = m.pos
+	s.last = seq - 1
+	l.metas = l.metas[:len(l.metas)-1]
+	l.next = seq
+	return nil
+}
+
 // Sync makes everything appended so far durable.
 func (l *Log) Sync() error {
 	l.mu.RLock()
