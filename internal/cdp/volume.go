@@ -76,7 +76,7 @@ type Volume struct {
 	wmu        sync.Mutex
 	baseMu     sync.Mutex
 	closed     atomic.Bool
-	written    atomic.Int64 // bytes written by clients since open
+	written    atomic.Int64  // bytes written by clients since open
 	applied    atomic.Uint64 // last record fully applied (shipping stops there)
 
 	remote   Remote
