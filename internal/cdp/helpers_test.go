@@ -213,3 +213,5 @@ func (f *flakyCaller) Call(ctx context.Context, typ uint16, p []byte) ([]byte, e
 	}
 	return f.c.Call(ctx, typ, p)
 }
+
+func testLoggerStderr() *slog.Logger { return slog.New(slog.NewTextHandler(os.Stderr, nil)) }

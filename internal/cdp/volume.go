@@ -237,7 +237,8 @@ func (v *Volume) replay() error {
 	if n > 0 {
 		v.logger.Info("replayed CDP log into the volume", "records", n, "from", start)
 		if err := v.checkpoint(); err != nil {
-			return err
+			// Not fatal: the log still holds everything (e.g. a full disk).
+			v.logger.Warn("checkpoint after replay failed", "err", err)
 		}
 	}
 	return nil
