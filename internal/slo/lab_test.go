@@ -158,8 +158,8 @@ func TestDeadlineMetTaggedMissedUntagged(t *testing.T) {
 	}
 }
 
-// TestAheadDropsToScavenger: a task far ahead of its deadline (4 MB in
-// 60 s over four connections, over IPv6) is lowered to scavenger after
+// TestAheadDropsToScavenger: a task far ahead of its deadline (6 MB in
+// 90 s over four connections, over IPv6) is lowered to scavenger after
 // the hold time, and the two competing flows get more of the link.
 func TestAheadDropsToScavenger(t *testing.T) {
 	needLab(t)
@@ -170,7 +170,7 @@ func TestAheadDropsToScavenger(t *testing.T) {
 	}
 	logger := slog.New(slog.NewTextHandler(logWriter{t}, nil))
 	sc := slolab.Scenario{
-		Policy: p, Deadline: 60 * time.Second, Size: 4_000_000,
+		Policy: p, Deadline: 90 * time.Second, Size: 6_000_000,
 		TaskConns: 4, Competitors: 2, CompetitorConns: 1, Warmup: time.Second,
 		Tagged: true, IPv6: true, RunFor: 11 * time.Second,
 		Capture: filepath.Join(t.TempDir(), "ahead.pcap"),
@@ -192,6 +192,9 @@ func TestAheadDropsToScavenger(t *testing.T) {
 	}
 	checkWire(t, sc.Capture, p, ch)
 
+	if res.Finished {
+		t.Fatalf("the task finished at %v, before the end of the run: the competitors' gain would not be the drop's", res.Elapsed)
+	}
 	before := res.Rate(true, time.Second, at)
 	after := res.Rate(true, at+time.Second, sc.RunFor)
 	t.Logf("competitors: %.2f Mbit/s before, %.2f Mbit/s after the task dropped to %s", before*8/1e6, after*8/1e6, ch[0].To)

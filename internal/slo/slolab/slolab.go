@@ -96,8 +96,12 @@ type Scenario struct {
 	// Warmup is how long the competitors run before the task starts.
 	Warmup time.Duration
 	// Tagged runs the task under an slo.Tagger; otherwise its sockets keep
-	// the default mark (CS0).
+	// the default mark (CS0), or Fixed's.
 	Tagged bool
+	// Fixed, when set and Tagged is not, names a policy class whose mark
+	// the task keeps from start to end: static tagging, the baseline a
+	// user without holdfast would pick.
+	Fixed string
 	// IPv6 runs the task over IPv6 (the competitors always use IPv4).
 	IPv6 bool
 	// Capture, when set, is a file where tcpdump records the headers of
@@ -245,8 +249,14 @@ func Run(ctx context.Context, l *lab.Lab, sc Scenario, logger *slog.Logger) (Res
 		if err != nil {
 			return nil, fmt.Errorf("dialing %s port %d from %s: %w", addr, port, src, err)
 		}
-		closers = append(closers, c)
-		return c.(*net.TCPConn), nil
+		tc := c.(*net.TCPConn)
+		// Closing resets the connection and drops what is still buffered,
+		// so nothing of this run drains into the next one.
+		if err := tc.SetLinger(0); err != nil {
+			return nil, err
+		}
+		closers = append(closers, tc)
+		return tc, nil
 	}
 	for i := range sc.Competitors {
 		for range sc.CompetitorConns {
@@ -307,6 +317,17 @@ func Run(ctx context.Context, l *lab.Lab, sc Scenario, logger *slog.Logger) (Res
 		go func() { defer close(taggerDone); tagger.Run(tctx) }()
 	} else {
 		close(taggerDone)
+		if sc.Fixed != "" {
+			i := sc.Policy.ClassIndex(sc.Fixed)
+			if i < 0 {
+				return Result{}, fmt.Errorf("fixed class %q is not in the policy", sc.Fixed)
+			}
+			for _, c := range conns {
+				if err := slo.SetDSCP(c, sc.Policy.Classes[i].DSCP); err != nil {
+					return Result{}, err
+				}
+			}
+		}
 	}
 	compBase := make([]int64, sc.Competitors)
 	for i := range compBytes {
@@ -335,11 +356,11 @@ func Run(ctx context.Context, l *lab.Lab, sc Scenario, logger *slog.Logger) (Res
 		for i := range compBytes {
 			comp += compBytes[i].Load() - compBase[i]
 		}
-		s := Sample{At: now.Sub(start), Task: taskBytes.Load(), Competitors: comp, Class: "standard"}
+		s := Sample{At: now.Sub(start), Task: taskBytes.Load(), Competitors: comp, Class: sc.Policy.Start}
 		if tagger != nil {
 			s.Class = tagger.Class().Name
-		} else {
-			s.Class = sc.Policy.Start
+		} else if sc.Fixed != "" {
+			s.Class = sc.Fixed
 		}
 		return s
 	}
