@@ -80,7 +80,7 @@ veth_down() { ip netns del hfbench-veth-h0; ip netns del hfbench-veth-h1; }
 
 row() { printf '%-44s %14s %14s %10s\n' "$@"; }
 
-echo "lab emulator benchmark: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, kernel $(uname -r), runs=$RUNS secs=$SECS"
+echo "lab emulator benchmark: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, kernel $(uname -r), runs=$RUNS secs=$SECS, load average at start: $(cut -d" " -f1-3 /proc/loadavg)"
 echo
 
 # --- ceiling: kernel veth vs emulator ---------------------------------------
@@ -165,3 +165,4 @@ echo
 echo "runs: ceiling ${ceil[*]} | mtu9000 ${jumbo[*]} | veth ${veth[*]} | cpu s/Gbit ${cpu[*]} | lab 100M ${lr[*]} | tbf ${tr[*]} | rtt ${rtt[*]} | loss ${ls[*]}"
 half=$(awk -v c="$m_ceil" 'BEGIN {printf "%d", c/2}')
 echo "run scenarios at no more than half the ceiling: about $half Mbit/s in total on this machine"
+echo "load average at end: $(cut -d" " -f1-3 /proc/loadavg) (other work on the machine lowers the ceiling)"

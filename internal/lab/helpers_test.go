@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"slices"
 	"strconv"
@@ -72,3 +73,60 @@ func measureRTT(t *testing.T, a, b *Host, port, count int) []time.Duration {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// starvedLag is how far behind schedule the emulator may fall before a
+// timing measurement is thrown away as taken on a machine too loaded.
+const starvedLag = 10 * time.Millisecond
+
+// attempt collects the failures of one try of a timing measurement.
+type attempt struct {
+	t    *testing.T
+	lab  *Lab
+	errs []string
+}
+
+// Errorf records a failure of this attempt.
+func (a *attempt) Errorf(format string, args ...any) {
+	a.errs = append(a.errs, fmt.Sprintf(format, args...))
+}
+
+// Logf logs to the test.
+func (a *attempt) Logf(format string, args ...any) { a.t.Helper(); a.t.Logf(format, args...) }
+
+// useLab starts the attempt's lab.
+func (a *attempt) useLab(cfg Config) *Lab {
+	a.lab = New(a.t, cfg)
+	return a.lab
+}
+
+// timing runs a measurement that depends on the emulator keeping its
+// schedule. A failed attempt during which the emulator fell behind by more
+// than starvedLag (other processes took the CPU) is retried, up to three
+// times; if every attempt was starved, the test is skipped with the reason.
+// A failure while the emulator kept up fails the test.
+func timing(t *testing.T, run func(a *attempt)) {
+	t.Helper()
+	const attempts = 3
+	for i := 1; i <= attempts; i++ {
+		a := &attempt{t: t}
+		run(a)
+		var lag time.Duration
+		if a.lab != nil {
+			lag = a.lab.MaxLag()
+			if err := a.lab.Close(); err != nil {
+				t.Errorf("closing lab: %v", err)
+			}
+		}
+		if len(a.errs) == 0 {
+			return
+		}
+		if lag <= starvedLag {
+			for _, e := range a.errs {
+				t.Error(e)
+			}
+			return
+		}
+		t.Logf("attempt %d failed while the emulator fell %v behind schedule (machine overloaded): %v", i, lag, a.errs)
+	}
+	t.Skipf("emulator starved of CPU on all %d attempts; this machine is too loaded to measure timing", attempts)
+}

@@ -364,6 +364,17 @@ func (l *Lab) AllStats() []PathStats {
 	return out
 }
 
+// MaxLag returns the largest PathStats.MaxLag of all directions: how far
+// behind its schedule the emulator fell. Tests of timing use it to tell a
+// wrong result from a machine too loaded to measure.
+func (l *Lab) MaxLag() time.Duration {
+	var m time.Duration
+	for _, s := range l.AllStats() {
+		m = max(m, s.MaxLag)
+	}
+	return m
+}
+
 // Unroutable returns how many packets hosts sent to addresses outside the
 // lab (or to themselves through the TUN device); the emulator drops them.
 func (l *Lab) Unroutable() uint64 { return l.unroutable.Load() }

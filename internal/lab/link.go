@@ -190,7 +190,19 @@ type PathStats struct {
 	Total ClassStats `json:"total"`
 	// WriteErrors counts packets the destination's TUN device refused.
 	WriteErrors uint64 `json:"write_errors"`
+	// MaxLag is the furthest behind its own schedule the emulator
+	// delivered a packet. It is tens of microseconds on an idle machine;
+	// milliseconds mean the emulator was starved of CPU and the path was
+	// not faithful while it lasted.
+	MaxLag time.Duration `json:"max_lag_ns"`
+	// LatePackets counts packets delivered more than LateThreshold behind
+	// schedule.
+	LatePackets uint64 `json:"late_packets"`
 }
+
+// LateThreshold is how far behind schedule a delivery counts as late in
+// PathStats.LatePackets.
+const LateThreshold = time.Millisecond
 
 // Class returns the statistics of the class called name, or a zero value.
 func (s PathStats) Class(name string) ClassStats {
@@ -244,6 +256,8 @@ type link struct {
 	stats      []ClassStats
 	maxTotal   int
 	writeErrs  uint64
+	maxLag     int64
+	late       uint64
 	armed      int64
 	closed     bool
 
@@ -550,6 +564,12 @@ func (l *link) advance(now int64, due []*packet) ([]*packet, int64) {
 		st := &l.stats[p.class]
 		st.OutPackets++
 		st.OutBytes += uint64(p.n)
+		if lag := now - p.depart; lag > l.maxLag {
+			l.maxLag = lag
+		}
+		if now-p.depart > int64(LateThreshold) {
+			l.late++
+		}
 		due = append(due, p)
 	}
 	if len(l.dl) > 0 && (next == 0 || l.dl[0].depart < next) {
@@ -572,7 +592,8 @@ func (l *link) setPath(p Path) {
 func (l *link) snapshot() PathStats {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	s := PathStats{From: l.from, To: l.to, Path: l.path.String(), WriteErrors: l.writeErrs}
+	s := PathStats{From: l.from, To: l.to, Path: l.path.String(), WriteErrors: l.writeErrs,
+		MaxLag: time.Duration(l.maxLag), LatePackets: l.late}
 	s.Classes = slices.Clone(l.stats)
 	s.Total.Class = "total"
 	for _, c := range s.Classes {
