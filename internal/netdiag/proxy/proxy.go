@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/holdfast/holdfast/internal/netdiag"
@@ -211,7 +212,7 @@ func (p *Proxy) pipe(dst, src leg, dir string) error {
 		if n > 0 {
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				src.Close()
-				if errors.Is(werr, net.ErrClosed) {
+				if errors.Is(werr, net.ErrClosed) || peerGone(werr) {
 					return nil
 				}
 				return fmt.Errorf("%s: writing: %w", dir, werr)
@@ -219,7 +220,7 @@ func (p *Proxy) pipe(dst, src leg, dir string) error {
 		}
 		if rerr != nil {
 			if errors.Is(rerr, io.EOF) {
-				if err := dst.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) {
+				if err := dst.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) && !peerGone(err) {
 					return fmt.Errorf("%s: half-close: %w", dir, err)
 				}
 				return nil
@@ -228,9 +229,19 @@ func (p *Proxy) pipe(dst, src leg, dir string) error {
 				return nil
 			}
 			dst.Close()
+			if peerGone(rerr) {
+				return nil
+			}
 			return fmt.Errorf("%s: reading: %w", dir, rerr)
 		}
 	}
+}
+
+// peerGone reports errors that mean an end of the connection went away
+// (reset, broken pipe, not connected): how many programs end connections,
+// not a proxy failure.
+func peerGone(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ENOTCONN)
 }
 
 func closeQuiet(c net.Conn) error {
