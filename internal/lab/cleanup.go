@@ -37,21 +37,38 @@ func acquireLabLock(name string) (*os.File, error) {
 	if err := os.MkdirAll(lockDir, 0o755); err != nil {
 		return nil, fmt.Errorf("creating %s: %w", lockDir, err)
 	}
-	f, err := os.OpenFile(lockPath(name), os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("opening lock of lab %s: %w", name, err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("lab %s is in use by another process (stop it, or pick another name)", name)
+	for range 10 {
+		f, err := os.OpenFile(lockPath(name), os.O_RDWR|os.O_CREATE, 0o644)
+		if err != nil {
+			return nil, fmt.Errorf("opening lock of lab %s: %w", name, err)
 		}
-		return nil, fmt.Errorf("locking lab %s: %w", name, err)
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			f.Close()
+			if errors.Is(err, unix.EWOULDBLOCK) {
+				return nil, fmt.Errorf("lab %s is in use by another process (stop it, or pick another name)", name)
+			}
+			return nil, fmt.Errorf("locking lab %s: %w", name, err)
+		}
+		if !lockStillLinked(f) {
+			f.Close() // a clean-up removed the file before we locked it: again
+			continue
+		}
+		if err := f.Truncate(0); err == nil {
+			_, _ = f.WriteString(strconv.Itoa(os.Getpid()) + "\n")
+		}
+		return f, nil
 	}
-	if err := f.Truncate(0); err == nil {
-		_, _ = f.WriteString(strconv.Itoa(os.Getpid()) + "\n")
+	return nil, fmt.Errorf("locking lab %s: lock file keeps being replaced", name)
+}
+
+// lockStillLinked reports whether the locked file f is still the one at
+// its path (a lock on a file removed meanwhile protects nothing).
+func lockStillLinked(f *os.File) bool {
+	var a, b unix.Stat_t
+	if unix.Fstat(int(f.Fd()), &a) != nil || unix.Stat(f.Name(), &b) != nil {
+		return false
 	}
-	return f, nil
+	return a.Ino == b.Ino && a.Dev == b.Dev
 }
 
 func (l *Lab) releaseLock() {
@@ -163,7 +180,7 @@ func cleanup(logger *slog.Logger, force bool) ([]string, error) {
 	for _, name := range names {
 		f, err := os.OpenFile(lockPath(name), os.O_RDWR, 0)
 		if err == nil {
-			if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil || !lockStillLinked(f) {
 				if !force {
 					logger.Debug("lab in use, left alone", "lab", name)
 					f.Close()
