@@ -107,7 +107,7 @@ func printInfo(cmd *cobra.Command, in cdp.Info) error {
 
 func newVolumeCreateCommand(client func() *cdp.Client) *cobra.Command {
 	var size, remote string
-	var sync, async bool
+	var sync, async, noCDP bool
 	cmd := &cobra.Command{
 		Use:   "create NAME --size SIZE [--remote AGENT] [--sync|--async]",
 		Short: "Create a volume and export it over NBD",
@@ -121,7 +121,7 @@ func newVolumeCreateCommand(client func() *cdp.Client) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			in, err := client().Create(cmd.Context(), cdp.CreateOptions{Name: args[0], Size: n, Remote: remote, Mode: mode})
+			in, err := client().Create(cmd.Context(), cdp.CreateOptions{Name: args[0], Size: n, Remote: remote, Mode: mode, NoCDP: noCDP})
 			if err != nil {
 				return err
 			}
@@ -132,6 +132,7 @@ func newVolumeCreateCommand(client func() *cdp.Client) *cobra.Command {
 	cmd.Flags().StringVar(&remote, "remote", "", "agent that holds the remote CDP log")
 	cmd.Flags().BoolVar(&sync, "sync", false, "acknowledge a write only once the remote log has it")
 	cmd.Flags().BoolVar(&async, "async", false, "ship writes in the background and measure the lag (default with --remote)")
+	cmd.Flags().BoolVar(&noCDP, "no-cdp", false, "no CDP log (a plain volume, the benchmark baseline)")
 	cmd.MarkFlagRequired("size")
 	return cmd
 }

@@ -219,6 +219,9 @@ type CreateOptions struct {
 	Size   int64  `json:"size"`
 	Remote string `json:"remote,omitempty"`
 	Mode   Mode   `json:"mode,omitempty"`
+	// NoCDP creates a plain volume without a CDP log (a benchmark
+	// baseline): no timeline, no restore, no remote.
+	NoCDP bool `json:"no_cdp,omitempty"`
 }
 
 // Create creates a volume and exports it.
@@ -229,7 +232,10 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (Info, error) {
 	if o.Size <= 0 || o.Size > MaxVolumeSize || o.Size%bs != 0 {
 		return Info{}, fmt.Errorf("volume size %d: want a multiple of %d up to %d: %w", o.Size, bs, int64(MaxVolumeSize), ErrInvalid)
 	}
-	meta := volumeMeta{Name: o.Name, Size: o.Size, Created: time.Now().UTC(), Remote: o.Remote, Mode: o.Mode}
+	if o.NoCDP && o.Remote != "" {
+		return Info{}, fmt.Errorf("a volume without CDP cannot have a remote log: %w", ErrInvalid)
+	}
+	meta := volumeMeta{Name: o.Name, Size: o.Size, Created: time.Now().UTC(), Remote: o.Remote, Mode: o.Mode, NoCDP: o.NoCDP}
 	if err := m.fillMode(&meta); err != nil {
 		return Info{}, err
 	}
@@ -411,6 +417,9 @@ func (m *Manager) Mark(ctx context.Context, name, label string) (Point, error) {
 	v, err := m.Volume(name)
 	if err != nil {
 		return Point{}, err
+	}
+	if v.meta.NoCDP {
+		return Point{}, fmt.Errorf("volume %s has no CDP log: %w", name, ErrInvalid)
 	}
 	if label == "" || len(label) > cdplog.MaxLabel || strings.ContainsAny(label, "\x00\n") {
 		return Point{}, fmt.Errorf("mark label %q: want 1-%d bytes without NUL or newline: %w", label, cdplog.MaxLabel, ErrInvalid)

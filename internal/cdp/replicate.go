@@ -42,6 +42,10 @@ func (v *Volume) shipLoop(ctx context.Context) {
 				break
 			}
 		}
+		if len(recs) == 0 {
+			sleepCtx(ctx, 10*time.Millisecond)
+			continue
+		}
 		cctx, cancel := context.WithTimeout(ctx, v.m.cfg.RemoteTimeout)
 		acked, err := v.remote.Append(cctx, v.meta.Name, v.size, recs)
 		cancel()
@@ -69,7 +73,9 @@ func (v *Volume) shipLoop(ctx context.Context) {
 		close(v.shipCh)
 		v.shipCh = make(chan struct{})
 		v.shipMu.Unlock()
-		if m, ok := v.log.Meta(acked); ok {
+		// The lag of a shipment is that of its oldest record: how long
+		// the write waited before the remote log held it.
+		if m, ok := v.log.Meta(recs[0].Seq); ok && acked >= recs[0].Seq {
 			v.lagHist.add(now.Sub(m.Time))
 		}
 	}

@@ -52,6 +52,9 @@ type volumeMeta struct {
 	// FoldSeq is the last sequence number folded into base.img.
 	FoldSeq uint64 `json:"fold_seq"`
 	Replica bool   `json:"replica,omitempty"`
+	// NoCDP volumes keep no log (a baseline for benchmarks): no
+	// point-in-time restore, no remote.
+	NoCDP bool `json:"no_cdp,omitempty"`
 }
 
 // Volume is one CDP-protected block volume (or, on the remote agent, the
@@ -471,6 +474,12 @@ func (v *Volume) writeLocked(ctx context.Context, p []byte, off int64) (uint64, 
 	a := off &^ (bs - 1)
 	e := (off + int64(len(p)) + bs - 1) &^ (bs - 1)
 	buf := p
+	if v.meta.NoCDP {
+		if _, err := v.data.WriteAt(p, off); err != nil {
+			return 0, fmt.Errorf("writing at %d: %w", off, err)
+		}
+		return 0, nil
+	}
 	if a != off || e != off+int64(len(p)) {
 		// Read-modify-write of the partial edge blocks: the log holds
 		// whole blocks.
@@ -528,7 +537,9 @@ func (v *Volume) Zero(ctx context.Context, off, n int64, fua bool) error {
 	v.wmu.Lock()
 	var seq uint64
 	var err error
-	if a >= e {
+	if v.meta.NoCDP {
+		err = zeroFile(v.data, off, n)
+	} else if a >= e {
 		seq, err = v.writeLocked(ctx, make([]byte, n), off)
 	} else {
 		if off < a {
@@ -568,6 +579,9 @@ func (v *Volume) Flush(ctx context.Context) error {
 	if v.data == nil {
 		return nil
 	}
+	if v.meta.NoCDP {
+		return v.data.Sync()
+	}
 	seq, err := v.appendPoint(cdplog.KindFlush, nil)
 	if err != nil {
 		return err
@@ -591,6 +605,12 @@ func (v *Volume) appendPoint(kind cdplog.Kind, data []byte) (uint64, error) {
 }
 
 func (v *Volume) afterWrite(ctx context.Context, seq uint64, durable bool) error {
+	if v.meta.NoCDP {
+		if durable {
+			return v.data.Sync()
+		}
+		return nil
+	}
 	if durable {
 		if err := v.log.Sync(); err != nil {
 			return err

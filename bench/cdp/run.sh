@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# bench/cdp/run.sh: CDP volumes against qemu-nbd serving a raw file, side by
+# side in one run, all over unix sockets.
+#
+#   sudo bash bench/cdp/run.sh            (RUNS=3 RUNTIME=5 by default)
+#
+# Part 1: fio (ioengine=nbd) 4 KiB random writes at QD1 and QD16 and 1 MiB
+#         sequential writes, and qemu-img bench (4 KiB writes, QD16), against
+#         a holdfast volume with CDP on, one with CDP off (--no-cdp), and
+#         qemu-nbd serving a raw file. Medians of RUNS runs.
+# Part 2: storage overhead of the CDP log per GiB written.
+# Part 3: replication lag over a lab path (200 Mbit/s, 40 ms RTT; needs root
+#         for the namespaces) under a sustained write load below capacity.
+set -euo pipefail
+RUNS=${RUNS:-3}
+RUNTIME=${RUNTIME:-5}
+LAGTIME=${LAGTIME:-20}
+SIZE=1G
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+W=$(mktemp -d /tmp/cdpbench.XXXXXX)
+PIDS=()
+cleanup() {
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$W"
+}
+trap cleanup EXIT
+for t in fio qemu-img qemu-nbd python3; do command -v $t >/dev/null || { echo "missing $t" >&2; exit 1; }; done
+
+go build -o "$W/holdfast" "$ROOT/cmd/holdfast"
+H="$W/holdfast"
+
+# --- servers -----------------------------------------------------------------
+mkdir -p "$W/hf"
+"$H" volume serve --state "$W/hf" --nbd-listen "" --log-level warn 2>"$W/hf.log" &
+PIDS+=($!)
+for _ in $(seq 50); do [ -S "$W/hf/agent.sock" ] && break; sleep 0.1; done
+"$H" volume create cdp --size $SIZE --state "$W/hf" >/dev/null
+"$H" volume create nocdp --size $SIZE --no-cdp --state "$W/hf" >/dev/null
+truncate -s $SIZE "$W/raw.img"
+qemu-nbd -f raw -k "$W/qnbd.sock" -t -e 8 --cache=writeback "$W/raw.img" &
+PIDS+=($!)
+for _ in $(seq 50); do [ -S "$W/qnbd.sock" ] && break; sleep 0.1; done
+
+declare -A URI=(
+	[holdfast-cdp]="nbd+unix:///cdp?socket=$W/hf/nbd.sock"
+	[holdfast-nocdp]="nbd+unix:///nocdp?socket=$W/hf/nbd.sock"
+	[qemu-nbd]="nbd+unix:///?socket=$W/qnbd.sock"
+)
+TARGETS=(holdfast-cdp holdfast-nocdp qemu-nbd)
+
+# fio JOB TARGET -> "iops MiB/s p50_us"
+fio_run() {
+	local job=$1 target=$2 args
+	case $job in
+	rand4k-qd1) args="--rw=randwrite --bs=4k --iodepth=1" ;;
+	rand4k-qd16) args="--rw=randwrite --bs=4k --iodepth=16" ;;
+	seq1m) args="--rw=write --bs=1m --iodepth=4" ;;
+	esac
+	fio --name=b --ioengine=nbd --uri="${URI[$target]}" --size=$SIZE $args \
+		--time_based --runtime=$RUNTIME --ramp_time=1 --output-format=json 2>/dev/null |
+		python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]["write"]; print("%.0f %.1f %.1f" % (j["iops"], j["bw"]/1024, j["clat_ns"]["percentile"]["50.000000"]/1000))'
+}
+
+# qemu-img bench TARGET -> IOPS
+qib_run() {
+	local n=40000 t
+	t=$(qemu-img bench -f raw -w -c $n -d 16 -s 4096 "${URI[$1]}" 2>&1 | sed -n 's/.*Run completed in \([0-9.]*\) seconds.*/\1/p')
+	python3 -c "print('%.0f' % ($n/$t))"
+}
+
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+declare -A R
+for job in rand4k-qd1 rand4k-qd16 seq1m; do
+	for run in $(seq "$RUNS"); do
+		for target in "${TARGETS[@]}"; do
+			read -r iops bw p50 < <(fio_run $job $target)
+			echo "$iops" >>"$W/$job.$target.iops"
+			echo "$bw" >>"$W/$job.$target.bw"
+			echo "$p50" >>"$W/$job.$target.p50"
+		done
+	done
+done
+for run in $(seq "$RUNS"); do
+	for target in "${TARGETS[@]}"; do qib_run $target >>"$W/qib.$target.iops"; done
+done
+
+echo
+echo "CDP volumes vs qemu-nbd (raw file), unix sockets, $(date -u +%Y-%m-%dT%H:%MZ), median of $RUNS runs of ${RUNTIME}s"
+printf "%-26s %-16s %10s %10s %12s\n" "workload" "server" "IOPS" "MiB/s" "p50 lat us"
+for job in rand4k-qd1 rand4k-qd16 seq1m; do
+	for target in "${TARGETS[@]}"; do
+		R[$job.$target.iops]=$(median <"$W/$job.$target.iops")
+		R[$job.$target.bw]=$(median <"$W/$job.$target.bw")
+		R[$job.$target.p50]=$(median <"$W/$job.$target.p50")
+		printf "%-26s %-16s %10s %10s %12s\n" "fio $job" "$target" "${R[$job.$target.iops]}" "${R[$job.$target.bw]}" "${R[$job.$target.p50]}"
+	done
+done
+for target in "${TARGETS[@]}"; do
+	R[qib.$target]=$(median <"$W/qib.$target.iops")
+	printf "%-26s %-16s %10s %10s %12s\n" "qemu-img bench 4k qd16" "$target" "${R[qib.$target]}" "-" "-"
+done
+ratio() { python3 -c "print('%.2f' % ($1/$2))"; }
+echo
+echo "ratios (CDP on / qemu-nbd; p50 latency CDP on / CDP off)"
+for job in rand4k-qd1 rand4k-qd16 seq1m; do
+	printf "  fio %-12s throughput vs qemu-nbd %s   p50 latency vs CDP off %s\n" $job \
+		"$(ratio "${R[$job.holdfast-cdp.bw]}" "${R[$job.qemu-nbd.bw]}")" \
+		"$(ratio "${R[$job.holdfast-cdp.p50]}" "${R[$job.holdfast-nocdp.p50]}")"
+done
+printf "  qemu-img bench IOPS vs qemu-nbd %s\n" "$(ratio "${R[qib.holdfast-cdp]}" "${R[qib.qemu-nbd]}")"
+
+# --- storage overhead ---------------------------------------------------------
+"$H" volume info cdp --state "$W/hf" --json >"$W/info.json"
+python3 - "$W/info.json" <<'PY'
+import json, sys
+i = json.load(open(sys.argv[1]))
+w, l = i["written_bytes"], i["log_bytes"]
+print()
+print("CDP log storage: %.2f GiB written by clients, log %.2f GiB: %.3f GiB of log per GiB written (%d records)"
+      % (w / 2**30, l / 2**30, l / w if w else 0, i["last_seq"]))
+PY
+kill "${PIDS[@]}" 2>/dev/null || true
+wait 2>/dev/null || true
+PIDS=()
+
+# --- replication lag over the lab path ------------------------------------------
+if [ "$(id -u)" != 0 ]; then echo "replication lag: skipped (needs root for the lab)"; exit 0; fi
+LAB=cdpb
+"$H" lab up --name $LAB --rtt 40ms --rate 200Mbit --queue 1MiB --quiet >"$W/lab.log" 2>&1 &
+LABPID=$!
+PIDS+=($LABPID)
+for _ in $(seq 100); do ip netns list | grep -q "hflab-$LAB-h1" && break; sleep 0.1; done
+sleep 1
+mkdir -p "$W/a" "$W/b"
+ip netns exec hflab-$LAB-h1 "$H" volume serve --state "$W/b" --nbd-listen "" --remote-listen tcp:198.18.0.2:7700 --log-level warn 2>"$W/b.log" &
+PIDS+=($!)
+ip netns exec hflab-$LAB-h0 "$H" volume serve --state "$W/a" --nbd-listen "" --peer b=tcp:198.18.0.2:7700 --log-level warn 2>"$W/a.log" &
+PIDS+=($!)
+for _ in $(seq 50); do [ -S "$W/a/agent.sock" ] && [ -S "$W/b/agent.sock" ] && break; sleep 0.1; done
+echo
+echo "replication lag over the lab path (200 Mbit/s, 40 ms RTT), async, ${LAGTIME}s of load"
+printf "%-34s %12s %12s %12s %14s\n" "load" "p50 lag s" "p99 lag s" "max RPO s" "shipped/total"
+for load in "64k seq writes at 8 MiB/s (67 Mbit/s):64k:8m" "64k seq writes at 16 MiB/s (134 Mbit/s):64k:16m" "4k rand writes at 2000 IOPS:4k:2000"; do
+	IFS=: read -r label bs rate <<<"$load"
+	vol=lag$RANDOM
+	"$H" volume create $vol --size $SIZE --remote b --async --state "$W/a" >/dev/null
+	if [ "$bs" = 4k ]; then rl="--rate_iops=$rate --rw=randwrite"; else rl="--rate=$rate --rw=write"; fi
+	fio --name=l --ioengine=nbd --uri="nbd+unix:///$vol?socket=$W/a/nbd.sock" --size=$SIZE --bs=$bs $rl \
+		--time_based --runtime=$LAGTIME --output-format=json >/dev/null 2>&1 &
+	FIO=$!
+	maxrpo=0
+	while kill -0 $FIO 2>/dev/null; do
+		r=$("$H" volume info $vol --state "$W/a" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["replication"]["lag_seconds"])')
+		maxrpo=$(python3 -c "print(max($maxrpo, $r))")
+		sleep 0.5
+	done
+	sleep 2
+	"$H" volume info $vol --state "$W/a" --json | python3 -c '
+import json, sys
+i = json.load(sys.stdin); r = i["replication"]
+print("%-34s %12.3f %12.3f %12.3f %14s" % (sys.argv[1], r["lag_p50_seconds"], r["lag_p99_seconds"], float(sys.argv[2]), "%d/%d" % (r["shipped_seq"], i["last_seq"])))' "$label" "$maxrpo"
+done
