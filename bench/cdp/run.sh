@@ -59,7 +59,7 @@ fio_run() {
 	esac
 	fio --name=b --ioengine=nbd --uri="${URI[$target]}" --size=$SIZE $args \
 		--time_based --runtime=$RUNTIME --ramp_time=1 --output-format=json 2>/dev/null |
-		python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]["write"]; print("%.0f %.1f %.1f" % (j["iops"], j["bw"]/1024, j["clat_ns"]["percentile"]["50.000000"]/1000))'
+		python3 -c 'import json,sys; s=sys.stdin.read(); j=json.loads(s[s.index("{"):])["jobs"][0]["write"]; print("%.0f %.1f %.1f" % (j["iops"], j["bw"]/1024, j["clat_ns"]["percentile"]["50.000000"]/1000))'
 }
 
 # qemu-img bench TARGET -> IOPS
@@ -128,7 +128,7 @@ PIDS=()
 # --- replication lag over the lab path ------------------------------------------
 if [ "$(id -u)" != 0 ]; then echo "replication lag: skipped (needs root for the lab)"; exit 0; fi
 LAB=cdpb
-"$H" lab up --name $LAB --rtt 40ms --rate 200Mbit --queue 1MiB --quiet >"$W/lab.log" 2>&1 &
+"$H" lab up --name $LAB --rtt 40ms --rate 200Mbit --quiet >"$W/lab.log" 2>&1 &
 LABPID=$!
 PIDS+=($LABPID)
 for _ in $(seq 100); do ip netns list | grep -q "hflab-$LAB-h1" && break; sleep 0.1; done

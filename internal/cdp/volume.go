@@ -309,6 +309,11 @@ func (v *Volume) checkpoint() error {
 // Size is the volume size in bytes.
 func (v *Volume) Size() int64 { return v.size }
 
+// InlineWrites tells the NBD server that writes without FUA can run in
+// the connection's reader: they only append to the log and the image (not
+// in sync mode, where a write waits for the remote).
+func (v *Volume) InlineWrites() bool { return v.meta.Mode != ModeSync }
+
 // Name is the volume name.
 func (v *Volume) Name() string { return v.meta.Name }
 

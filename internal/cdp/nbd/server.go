@@ -28,6 +28,13 @@ type Device interface {
 	Flush(ctx context.Context) error
 }
 
+// InlineWriter is implemented by devices whose writes without FUA never
+// wait on anything slow (no fsync, no remote): the server then runs them in
+// the connection's reader, in order, instead of in a goroutine each.
+type InlineWriter interface {
+	InlineWrites() bool
+}
+
 // Exports looks up devices by export name.
 type Exports interface {
 	Export(name string) (Device, error)
@@ -127,6 +134,7 @@ type conn struct {
 	br         *bufio.Reader
 	wmu        sync.Mutex
 	bw         *bufio.Writer
+	replies    chan [2][]byte // header, data; nil before transmission
 	noZeroes   bool
 	structured bool
 	metaSet    bool
@@ -387,7 +395,18 @@ func (cn *conn) transmit(ctx context.Context) error {
 	defer cancel()
 	sem := make(chan struct{}, cn.s.cfg.MaxInFlight)
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	cn.replies = make(chan [2][]byte, cn.s.cfg.MaxInFlight+1)
+	writerDone := make(chan struct{})
+	go cn.replyWriter(writerDone)
+	defer func() {
+		wg.Wait()
+		close(cn.replies)
+		<-writerDone
+	}()
+	inline := false
+	if iw, ok := cn.dev.(InlineWriter); ok {
+		inline = iw.InlineWrites()
+	}
 	size := uint64(cn.dev.Size())
 	var hb [requestSize]byte
 	for {
@@ -423,6 +442,12 @@ func (cn *conn) transmit(ctx context.Context) error {
 		}
 		if errno != 0 {
 			if err := cn.replyError(req, errno, "invalid request"); err != nil {
+				return err
+			}
+			continue
+		}
+		if inline && req.flags&cmdFlagFUA == 0 && (req.typ == cmdWrite || req.typ == cmdWriteZeroes || req.typ == cmdTrim) {
+			if err := cn.handle(ctx, req, payload); err != nil {
 				return err
 			}
 			continue
@@ -471,7 +496,33 @@ func (cn *conn) handle(ctx context.Context, req request, payload []byte) error {
 	return cn.replyOK(req)
 }
 
+// replyWriter writes queued replies, flushing only when the queue is empty
+// so that replies to pipelined requests share system calls.
+func (cn *conn) replyWriter(done chan struct{}) {
+	defer close(done)
+	failed := false
+	for r := range cn.replies {
+		if failed {
+			continue
+		}
+		cn.bw.Write(r[0])
+		cn.bw.Write(r[1])
+		if len(cn.replies) == 0 {
+			if err := cn.bw.Flush(); err != nil {
+				failed = true
+				cn.c.Close()
+			}
+		}
+	}
+}
+
 func (cn *conn) send(parts ...[]byte) error {
+	if cn.replies != nil {
+		var r [2][]byte
+		copy(r[:], parts)
+		cn.replies <- r
+		return nil
+	}
 	cn.wmu.Lock()
 	defer cn.wmu.Unlock()
 	for _, p := range parts {
