@@ -59,4 +59,3 @@ func isReset(err error) bool {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
-

@@ -6,12 +6,14 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -76,6 +78,25 @@ func waitListening(t *testing.T, addr string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("%s not listening after 10s", addr)
+}
+
+// waitListeningProc waits until a socket listens on 127.0.0.1:port,
+// without connecting to it.
+func waitListeningProc(t *testing.T, port int) {
+	t.Helper()
+	want := fmt.Sprintf("0100007F:%04X 00000000:0000 0A", port)
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		b, err := os.ReadFile("/proc/net/tcp")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(b), want) {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("nothing listening on 127.0.0.1:%d after 10s", port)
 }
 
 // runningProxy is a measuring proxy writing to a log dir.
@@ -238,16 +259,25 @@ func TestProxyCurlHTTPServer(t *testing.T) {
 	}
 }
 
-// TestProxyCurlSlowReader: curl --limit-rate reads the response slowly, so
-// the proxy's client leg is classified receiving application.
-func TestProxyCurlSlowReader(t *testing.T) {
-	requireTool(t, "curl")
+// TestProxyAria2SlowReader: aria2c downloads from python3 http.server
+// through the proxy with a fixed 256 KiB receive buffer and a 4 MiB/s
+// download limit, so it reads more slowly than the path delivers: the
+// proxy's client leg is classified receiving application. (curl
+// --limit-rate is not used: its socket buffer autotunes to megabytes and
+// swallows a whole test-sized file before the limit bites.)
+func TestProxyAria2SlowReader(t *testing.T) {
+	requireTool(t, "aria2c")
 	const size = 12 << 20
 	srv, sum := serveFile(t, size)
 	rp := startProxy(t, srv, true)
-	out := filepath.Join(t.TempDir(), "blob")
-	curl(t, "http://"+rp.addr+"/blob", out, "--limit-rate", "4M")
-	got, err := os.ReadFile(out)
+	dir := t.TempDir()
+	cmd := exec.Command("aria2c", "--quiet=true", "--split=1", "--max-connection-per-server=1",
+		"--max-download-limit=4M", "--socket-recv-buffer-size=256K", "--allow-overwrite=true",
+		"--file-allocation=none", "--dir", dir, "--out", "blob", "http://"+rp.addr+"/blob")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("aria2c: %v\n%s", err, b)
+	}
+	got, err := os.ReadFile(filepath.Join(dir, "blob"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,6 +286,9 @@ func TestProxyCurlSlowReader(t *testing.T) {
 	}
 	rp.stop(t)
 	cl := rp.closes(t)
+	if len(cl[RoleToClient]) != 1 {
+		t.Fatalf("%d client legs, want 1", len(cl[RoleToClient]))
+	}
 	rep, err := netdiag.BuildReport(context.Background(), netdiag.ReportOptions{Dir: rp.dir})
 	if err != nil {
 		t.Fatal(err)
@@ -276,7 +309,9 @@ func TestProxyIperf3PausingSender(t *testing.T) {
 	port := freePort(t)
 	srv := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	startProcess(t, "iperf3", "-s", "-B", "127.0.0.1", "-p", strconv.Itoa(port))
-	waitListening(t, srv)
+	// A probe connection would make iperf3 -s fail the next test, so wait
+	// for the listening socket in /proc/net/tcp instead.
+	waitListeningProc(t, port)
 	rp := startProxy(t, srv, true)
 	_, pport, _ := net.SplitHostPort(rp.addr)
 	cmd := exec.Command("iperf3", "-c", "127.0.0.1", "-p", pport, "-t", "2", "-b", "40M", "--pacing-timer", "100000", "-J")
