@@ -37,7 +37,9 @@ some files could not be read.`,
 			}
 			progress, done := newBar("backup")
 			opts.Progress = progress
+			stop := startProfile()
 			sn, sum, err := r.Backup(cmd.Context(), args, opts)
+			stop()
 			done()
 			if sn == nil {
 				return repoError(err)

@@ -38,7 +38,9 @@ every other file is still restored.`,
 			}
 			progress, done := newBar("restore")
 			opts.Progress = progress
+			stop := startProfile()
 			sum, err := r.Restore(cmd.Context(), id, target, opts)
+			stop()
 			done()
 			if sum == nil {
 				return repoError(err)

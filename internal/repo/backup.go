@@ -101,7 +101,7 @@ type archiver struct {
 	files chan fileJob
 	blobs chan blobJob
 	bufs  sync.Pool // read buffers, 2×max chunk
-	cbufs sync.Pool // chunk copies
+	sbufs sync.Pool // read buffers for small files
 
 	filesDone, bytesRead, filesNew, filesChanged, filesUnmod, dirs atomic.Int64
 	totalBytes, dataBlobs, treeBlobs, dataAdded                    atomic.Int64
@@ -133,9 +133,9 @@ func (a *archiver) failed() error {
 	return a.fail
 }
 
-// smallChunk: chunks below this size are copied into fresh buffers
-// rather than pooled maximum-size ones.
-const smallChunk = 128 << 10
+// smallFile: files below this size are read into a buffer of this size
+// and stored by the file worker itself.
+const smallFile = 1 << 20
 
 // testHookBackupBeforeSnapshot runs after all data is stored and before the
 // snapshot is written (tests use it to hold a backup in flight).
@@ -216,7 +216,7 @@ func (r *Repository) backup(ctx context.Context, paths []string, opts BackupOpti
 	a.pw = r.newPackWriter(actx)
 	bufSize := 2 * r.cfg.Chunker.Max
 	a.bufs.New = func() any { b := make([]byte, bufSize); return &b }
-	a.cbufs.New = func() any { b := make([]byte, 0, r.cfg.Chunker.Max); return &b }
+	a.sbufs.New = func() any { b := make([]byte, smallFile); return &b }
 
 	ncpu := runtime.GOMAXPROCS(0)
 	var fileWG, blobWG sync.WaitGroup
@@ -518,8 +518,23 @@ func (a *archiver) saveFile(job fileJob) error {
 		return err
 	}
 	defer f.Close()
-	bp := a.bufs.Get().(*[]byte)
-	defer a.bufs.Put(bp)
+	// Small files are read into a small buffer and stored by this worker
+	// directly; a file that turns out larger switches to a big buffer and
+	// hands its chunks to the blob workers.
+	small := job.fut.node.Size < smallFile
+	var bp *[]byte
+	if small {
+		bp = a.sbufs.Get().(*[]byte)
+	} else {
+		bp = a.bufs.Get().(*[]byte)
+	}
+	defer func() {
+		if len(*bp) == smallFile {
+			a.sbufs.Put(bp)
+		} else {
+			a.bufs.Put(bp)
+		}
+	}()
 	buf := *bp
 	max := a.r.cfg.Chunker.Max
 	var content []ID
@@ -530,9 +545,16 @@ func (a *archiver) saveFile(job fileJob) error {
 		// Fill until a whole maximum chunk is buffered or the file ends.
 		for !eof && end-start < max {
 			if end == len(buf) {
-				copy(buf, buf[start:end])
-				end -= start
-				start = 0
+				if start == 0 && len(buf) < 2*max {
+					big := a.bufs.Get().(*[]byte)
+					copy(*big, buf[:end])
+					a.sbufs.Put(bp)
+					bp, buf, small = big, *big, false
+				} else {
+					copy(buf, buf[start:end])
+					end -= start
+					start = 0
+				}
 			}
 			k, err := f.Read(buf[end:])
 			end += k
@@ -555,22 +577,23 @@ func (a *archiver) saveFile(job fileJob) error {
 		start += cut
 		id := a.r.blobID(chunk)
 		content = append(content, id)
-		if a.r.idx.reserve(id) {
-			var cp *[]byte
-			var data []byte
-			if len(chunk) < smallChunk {
-				data = append([]byte(nil), chunk...)
-			} else {
-				cp = a.cbufs.Get().(*[]byte)
-				data = append((*cp)[:0], chunk...)
+		if !a.r.idx.reserve(id) {
+			continue
+		}
+		a.dataBlobs.Add(1)
+		a.dataAdded.Add(int64(len(chunk)))
+		if small {
+			if err := a.storeChunk(id, chunk); err != nil {
+				return err
 			}
-			a.dataBlobs.Add(1)
-			a.dataAdded.Add(int64(len(chunk)))
-			select {
-			case a.blobs <- blobJob{id: id, data: data, buf: cp}:
-			case <-a.ctx.Done():
-				return a.ctx.Err()
-			}
+			continue
+		}
+		cp := getBuf(len(chunk))
+		data := append(*cp, chunk...)
+		select {
+		case a.blobs <- blobJob{id: id, data: data, buf: cp}:
+		case <-a.ctx.Done():
+			return a.ctx.Err()
 		}
 	}
 	job.fut.node.Size = size
@@ -578,23 +601,24 @@ func (a *archiver) saveFile(job fileJob) error {
 	return nil
 }
 
+// storeChunk compresses, encrypts and writes one data blob.
+func (a *archiver) storeChunk(id ID, data []byte) error {
+	bp, enc := a.r.sealBlob(data)
+	err := a.pw.addEncrypted(DataBlob, id, enc, len(data))
+	putBuf(bp)
+	if err != nil {
+		a.pw.setErr(err)
+	}
+	return err
+}
+
 func (a *archiver) blobWorker() {
 	for j := range a.blobs {
 		if a.pw.getErr() != nil || a.ctx.Err() != nil {
 			continue
 		}
-		fb := a.r.getFrameBuf()
-		framed := a.r.frameInto(*fb, j.data)
-		err := a.pw.addFramed(DataBlob, j.id, framed, len(j.data))
-		*fb = framed
-		a.r.putFrameBuf(fb)
-		if j.buf != nil {
-			*j.buf = j.data[:0]
-			a.cbufs.Put(j.buf)
-		}
-		if err != nil {
-			a.pw.setErr(err)
-		}
+		a.storeChunk(j.id, j.data)
+		putBuf(j.buf)
 	}
 }
 

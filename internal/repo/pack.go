@@ -2,9 +2,7 @@ package repo
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
-	"sync"
 )
 
 // BlobType says what a blob holds.
@@ -121,22 +119,4 @@ func (r *Repository) parsePack(pack []byte) ([]PackedBlob, error) {
 		return nil, fmt.Errorf("pack header: %w", err)
 	}
 	return decodePackHeader(plain, int64(len(data)))
-}
-
-// errPackFull tells the writer to start a new pack.
-var errPackFull = errors.New("pack full")
-
-// packBuf is a pack being assembled in memory.
-type packBuf struct {
-	typ     BlobType
-	data    []byte
-	blobs   []PackedBlob
-	writers sync.WaitGroup // blobs being encrypted into data
-}
-
-// finish appends the encrypted header and trailer.
-func (p *packBuf) finish(c *crypter) {
-	before := len(p.data)
-	p.data = c.seal(p.data, encodePackHeader(p.blobs))
-	p.data = binary.LittleEndian.AppendUint32(p.data, uint32(len(p.data)-before))
 }

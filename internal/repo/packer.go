@@ -2,12 +2,16 @@ package repo
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"sync"
 	"time"
 
 	"github.com/holdfast/holdfast/internal/repo/backend"
+	"github.com/zeebo/blake3"
 )
 
 // Index flushing: a backup writes an index file after this many packs or
@@ -17,6 +21,38 @@ const (
 	indexFlushInterval = 3 * time.Second
 	uploadWorkers      = 2
 )
+
+// packBuf is a pack being assembled in a temporary file. Blobs reserve
+// their place under the writer's lock and are written concurrently.
+type packBuf struct {
+	typ     BlobType
+	f       *os.File
+	size    int64 // bytes reserved so far
+	blobs   []PackedBlob
+	writers sync.WaitGroup // blobs being written
+	mu      sync.Mutex
+	err     error
+}
+
+func (p *packBuf) setErr(err error) {
+	p.mu.Lock()
+	if p.err == nil {
+		p.err = err
+	}
+	p.mu.Unlock()
+}
+
+func (p *packBuf) getErr() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.err
+}
+
+// discard closes and removes the temporary file.
+func (p *packBuf) discard() {
+	p.f.Close()
+	os.Remove(p.f.Name())
+}
 
 // packWriter collects encrypted blobs into packs, uploads finished packs in
 // the background and writes index files for them.
@@ -46,7 +82,7 @@ type packWriter struct {
 }
 
 func (r *Repository) newPackWriter(ctx context.Context) *packWriter {
-	w := &packWriter{r: r, ctx: ctx, uploads: make(chan *packBuf, 1), lastFlush: time.Now()}
+	w := &packWriter{r: r, ctx: ctx, uploads: make(chan *packBuf, uploadWorkers), lastFlush: time.Now()}
 	for i := 0; i < uploadWorkers; i++ {
 		w.wg.Add(1)
 		go w.uploader()
@@ -80,120 +116,145 @@ func (w *packWriter) saveBlob(t BlobType, id ID, plain []byte) (bool, error) {
 	if !w.r.idx.reserve(id) {
 		return false, nil
 	}
-	fb := w.r.getFrameBuf()
-	framed := w.r.frameInto(*fb, plain)
-	err := w.addFramed(t, id, framed, len(plain))
-	*fb = framed
-	w.r.putFrameBuf(fb)
+	bp, enc := w.r.sealBlob(plain)
+	err := w.addEncrypted(t, id, enc, len(plain))
+	putBuf(bp)
 	return true, err
 }
 
-// packCap is the capacity of a new pack buffer of type t: a blob that
-// fits in the remaining capacity is encrypted in place, so buffers never
-// grow while blobs are being written into them.
-func (w *packWriter) packCap(t BlobType, need int) int {
-	c := w.r.cfg.PackSize
+// packLimit is the size at which a pack of type t is closed. Tree packs
+// are kept smaller so that loading trees reads little.
+func (w *packWriter) packLimit(t BlobType) int64 {
 	if t == TreeBlob {
-		c = min(c, 4<<20)
+		return int64(min(w.r.cfg.PackSize, 4<<20))
 	}
-	return max(c+w.r.cfg.Chunker.Max+Overhead+64, need)
+	return int64(w.r.cfg.PackSize)
+}
+
+// newPack starts a pack in a temporary file.
+func (w *packWriter) newPack(t BlobType) (*packBuf, error) {
+	var f *os.File
+	var err error
+	if fs, ok := w.r.be.(backend.FileSaver); ok {
+		f, err = fs.TempFile()
+	} else {
+		f, err = os.CreateTemp("", "holdfast-pack-*")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("creating pack file: %w", err)
+	}
+	return &packBuf{typ: t, f: f}, nil
 }
 
 // reserve claims room for a blob of need bytes in the current pack of
 // type t and returns the pack, the offset, and whether the pack is now
 // full (the caller then sends it once its own write is done).
-func (w *packWriter) reserve(t BlobType, id ID, need, rawLen int) (p *packBuf, off int, full bool, old *packBuf) {
+func (w *packWriter) reserve(t BlobType, id ID, need, rawLen int) (p *packBuf, off int64, full bool, err error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	p = w.cur[t]
-	if p != nil && cap(p.data)-len(p.data) < need {
-		old = p // does not fit: close the current pack
-		w.cur[t] = nil
-		p = nil
-	}
 	if p == nil {
-		p = w.r.getPackBuf(t, w.packCap(t, need))
+		if p, err = w.newPack(t); err != nil {
+			return nil, 0, false, err
+		}
 		w.cur[t] = p
 	}
-	off = len(p.data)
-	p.data = p.data[:off+need]
+	off = p.size
+	p.size += int64(need)
 	p.blobs = append(p.blobs, PackedBlob{Type: t, ID: id, Offset: uint32(off), Length: uint32(need), RawLen: uint32(rawLen)})
 	p.writers.Add(1)
-	limit := w.r.cfg.PackSize
-	if t == TreeBlob {
-		limit = min(limit, 4<<20)
-	}
-	if len(p.data) >= limit {
+	if p.size >= w.packLimit(t) {
 		full = true
 		w.cur[t] = nil
 	}
-	return p, off, full, old
+	return p, off, full, nil
 }
 
-// addFramed encrypts a framed blob straight into the current pack.
-func (w *packWriter) addFramed(t BlobType, id ID, framed []byte, rawLen int) error {
-	need := len(framed) + Overhead
-	p, off, full, old := w.reserve(t, id, need, rawLen)
-	w.r.crypt.seal(p.data[off:off:off+need], framed)
-	p.writers.Done()
-	if old != nil {
-		old.writers.Wait()
-		if err := w.send(old); err != nil {
-			return err
-		}
-	}
-	if full {
-		p.writers.Wait()
-		return w.send(p)
-	}
-	return nil
-}
-
-// addEncrypted appends an already encrypted blob to the current pack.
+// addEncrypted writes an encrypted blob into the current pack.
 func (w *packWriter) addEncrypted(t BlobType, id ID, enc []byte, rawLen int) error {
-	p, off, full, old := w.reserve(t, id, len(enc), rawLen)
-	copy(p.data[off:], enc)
-	p.writers.Done()
-	if old != nil {
-		old.writers.Wait()
-		if err := w.send(old); err != nil {
-			return err
-		}
+	p, off, full, err := w.reserve(t, id, len(enc), rawLen)
+	if err != nil {
+		return err
 	}
+	if _, err := p.f.WriteAt(enc, off); err != nil {
+		p.setErr(fmt.Errorf("writing pack: %w", err))
+	}
+	p.writers.Done()
 	if full {
-		p.writers.Wait()
 		return w.send(p)
 	}
 	return nil
 }
 
 func (w *packWriter) send(p *packBuf) error {
-	p.finish(w.r.crypt)
+	p.writers.Wait()
 	select {
 	case w.uploads <- p:
 		return nil
 	case <-w.ctx.Done():
+		p.discard()
 		return w.ctx.Err()
 	}
+}
+
+// closePack appends the header and returns the pack's ID (the hash of
+// the whole file) and size.
+func (w *packWriter) closePack(p *packBuf) (ID, int64, error) {
+	if err := p.getErr(); err != nil {
+		return ID{}, 0, err
+	}
+	hdr := w.r.crypt.seal(nil, encodePackHeader(p.blobs))
+	hdr = binary.LittleEndian.AppendUint32(hdr, uint32(len(hdr)))
+	if _, err := p.f.WriteAt(hdr, p.size); err != nil {
+		return ID{}, 0, fmt.Errorf("writing pack header: %w", err)
+	}
+	total := p.size + int64(len(hdr))
+	h := blake3.New()
+	buf := make([]byte, 256<<10)
+	if _, err := io.CopyBuffer(h, io.NewSectionReader(p.f, 0, total), buf); err != nil {
+		return ID{}, 0, fmt.Errorf("hashing pack: %w", err)
+	}
+	var id ID
+	h.Sum(id[:0])
+	return id, total, nil
+}
+
+// store moves a closed pack into the backend.
+func (w *packWriter) store(p *packBuf, id ID, size int64) error {
+	hd := backend.Handle{Type: backend.PackFile, Name: id.String()}
+	if fs, ok := w.r.be.(backend.FileSaver); ok {
+		return fs.SaveFile(w.ctx, hd, p.f)
+	}
+	defer p.discard()
+	data := make([]byte, size)
+	if _, err := p.f.ReadAt(data, 0); err != nil {
+		return fmt.Errorf("reading pack back: %w", err)
+	}
+	return w.r.be.Save(w.ctx, hd, data)
 }
 
 func (w *packWriter) uploader() {
 	defer w.wg.Done()
 	for p := range w.uploads {
 		if w.getErr() != nil {
+			p.discard()
 			continue
 		}
-		id := fileID(p.data)
-		if err := w.r.be.Save(w.ctx, backend.Handle{Type: backend.PackFile, Name: id.String()}, p.data); err != nil {
+		id, size, err := w.closePack(p)
+		if err == nil {
+			err = w.store(p, id, size)
+		} else {
+			p.discard()
+		}
+		if err != nil {
 			w.setErr(fmt.Errorf("saving pack: %w", err))
 			continue
 		}
-		ip := IndexPack{ID: id, Size: int64(len(p.data)), Blobs: p.blobs}
-		w.r.putPackBuf(p)
+		ip := IndexPack{ID: id, Size: size, Blobs: p.blobs}
 		w.r.idx.addPacks([]IndexPack{ip})
 		w.statMu.Lock()
 		w.packsStored++
-		w.bytesStored += int64(len(p.data))
+		w.bytesStored += size
 		w.statMu.Unlock()
 		w.imu.Lock()
 		if w.noIndex {
@@ -246,10 +307,13 @@ func (w *packWriter) finish() error {
 	w.mu.Unlock()
 	var sendErr error
 	for _, p := range rest {
-		p.writers.Wait()
+		if sendErr != nil {
+			p.writers.Wait()
+			p.discard()
+			continue
+		}
 		if err := w.send(p); err != nil {
 			sendErr = err
-			break
 		}
 	}
 	close(w.uploads)
@@ -266,6 +330,15 @@ func (w *packWriter) finish() error {
 // abort stops the writer after a failure, without writing more index.
 func (w *packWriter) abort() {
 	w.setErr(errors.New("aborted"))
+	w.mu.Lock()
+	for t, p := range w.cur {
+		if p != nil {
+			p.writers.Wait()
+			p.discard()
+			w.cur[t] = nil
+		}
+	}
+	w.mu.Unlock()
 	close(w.uploads)
 	w.wg.Wait()
 }

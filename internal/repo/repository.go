@@ -90,39 +90,6 @@ type Repository struct {
 	dec     *zstd.Decoder
 	idx     *memIndex
 	hashers sync.Pool
-	frames  sync.Pool // *[]byte framing buffers
-	packs   sync.Pool // *packBuf of full capacity
-}
-
-func (r *Repository) getFrameBuf() *[]byte {
-	if b, ok := r.frames.Get().(*[]byte); ok {
-		return b
-	}
-	b := make([]byte, 0, r.cfg.Chunker.Max+64)
-	return &b
-}
-
-func (r *Repository) putFrameBuf(b *[]byte) {
-	if cap(*b) <= 2*r.cfg.Chunker.Max+64 {
-		r.frames.Put(b)
-	}
-}
-
-func (r *Repository) getPackBuf(t BlobType, capacity int) *packBuf {
-	if t == DataBlob {
-		if p, ok := r.packs.Get().(*packBuf); ok && cap(p.data) >= capacity {
-			p.typ, p.data, p.blobs = t, p.data[:0], nil
-			return p
-		}
-	}
-	return &packBuf{typ: t, data: make([]byte, 0, capacity)}
-}
-
-func (r *Repository) putPackBuf(p *packBuf) {
-	if p.typ == DataBlob {
-		p.blobs = nil
-		r.packs.Put(p)
-	}
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -276,6 +243,14 @@ func Open(ctx context.Context, be backend.Backend, pass string, opts OpenOptions
 // Config returns the repository configuration.
 func (r *Repository) Config() Config { return r.cfg }
 
+// IndexedBlobs returns the number of blobs in the loaded index (callers
+// use it to size memory limits).
+func (r *Repository) IndexedBlobs() int {
+	r.idx.mu.RLock()
+	defer r.idx.mu.RUnlock()
+	return len(r.idx.blobs)
+}
+
 // Backend returns the backend the repository is stored in.
 func (r *Repository) Backend() backend.Backend { return r.be }
 
@@ -322,6 +297,64 @@ func (r *Repository) frameInto(buf, plain []byte) []byte {
 		buf = append(buf, plain...)
 	}
 	return buf
+}
+
+// sealBlob frames (compressing when it helps) and encrypts plain into one
+// pooled buffer, in place: nonce ‖ ciphertext ‖ tag. The caller returns
+// the buffer with putBuf once the result is written.
+func (r *Repository) sealBlob(plain []byte) (*[]byte, []byte) {
+	bp := getBuf(nonceSize + 1 + len(plain) + tagSize)
+	buf := (*bp)[:nonceSize+1]
+	buf[nonceSize] = frameZstd
+	out := r.enc.EncodeAll(plain, buf)
+	if len(out)-nonceSize-1 >= len(plain) || cap(out) != cap(buf) {
+		// Not smaller (or it outgrew the buffer): store raw.
+		out = append(buf[:nonceSize], frameRaw)
+		out = append(out, plain...)
+	}
+	if _, err := rand.Read(out[:nonceSize]); err != nil {
+		panic("crypto/rand failed: " + err.Error())
+	}
+	sealed := r.crypt.aead.Seal(out[nonceSize:nonceSize], out[:nonceSize], out[nonceSize:], nil)
+	return bp, out[:nonceSize+len(sealed)]
+}
+
+// openBlob decrypts enc in place and unframes it into a pooled buffer of
+// rawLen bytes, which the caller returns with putBuf.
+func (r *Repository) openBlob(enc []byte, rawLen int) (*[]byte, []byte, error) {
+	if len(enc) < Overhead {
+		return nil, nil, fmt.Errorf("%w: object too short (%d bytes)", ErrDecrypt, len(enc))
+	}
+	plain, err := r.crypt.aead.Open(enc[nonceSize:nonceSize], enc[:nonceSize], enc[nonceSize:], nil)
+	if err != nil {
+		return nil, nil, ErrDecrypt
+	}
+	if len(plain) < 1 {
+		return nil, nil, errors.New("empty object")
+	}
+	bp := getBuf(rawLen)
+	switch plain[0] {
+	case frameRaw:
+		if len(plain)-1 != rawLen {
+			putBuf(bp)
+			return nil, nil, fmt.Errorf("object length %d, want %d", len(plain)-1, rawLen)
+		}
+		out := append((*bp)[:0], plain[1:]...)
+		return bp, out, nil
+	case frameZstd:
+		out, err := r.dec.DecodeAll(plain[1:], (*bp)[:0])
+		if err != nil {
+			putBuf(bp)
+			return nil, nil, fmt.Errorf("decompressing: %w", err)
+		}
+		if len(out) != rawLen {
+			putBuf(bp)
+			return nil, nil, fmt.Errorf("object length %d, want %d", len(out), rawLen)
+		}
+		return bp, out, nil
+	}
+	putBuf(bp)
+	return nil, nil, fmt.Errorf("unknown object frame %d", plain[0])
 }
 
 // decodeObject decrypts and unframes an object; rawLen, if not negative,

@@ -23,6 +23,9 @@ import (
 // blobs closer than restoreGap are fetched with one read.
 const restoreGap = 1 << 20
 
+// restoreMaxRead bounds one read from a pack, which bounds memory.
+const restoreMaxRead = 4 << 20
+
 // ErrRestoreIncomplete is returned (wrapped) when some files could not be
 // restored; all others were.
 var ErrRestoreIncomplete = errors.New("restore incomplete")
@@ -390,27 +393,30 @@ func (rs *restorer) fetchPack(ctx context.Context, pack ID, want map[ID]*packWan
 	for i := 0; i < len(list); {
 		j := i + 1
 		end := int64(list[i].loc.Offset) + int64(list[i].loc.Length)
-		for j < len(list) && int64(list[j].loc.Offset)-end < restoreGap {
+		for j < len(list) && int64(list[j].loc.Offset)-end < restoreGap &&
+			int64(list[j].loc.Offset)+int64(list[j].loc.Length)-int64(list[i].loc.Offset) <= restoreMaxRead {
 			end = int64(list[j].loc.Offset) + int64(list[j].loc.Length)
 			j++
 		}
 		startOff := int64(list[i].loc.Offset)
 		buf, err := rs.r.be.Load(ctx, h, startOff, end-startOff)
 		for _, w := range list[i:j] {
-			var plain []byte
-			if err == nil {
-				o := int64(w.loc.Offset) - startOff
-				plain, err = rs.r.decodeBlob(w.loc, buf[o:o+int64(w.loc.Length)])
-				if err != nil {
-					rs.blobFailed(w, err)
-					err = nil
-					continue
-				}
-			} else {
+			if err != nil {
 				rs.blobFailed(w, err)
 				continue
 			}
+			o := int64(w.loc.Offset) - startOff
+			bp, plain, derr := rs.r.openBlob(buf[o:o+int64(w.loc.Length)], int(w.loc.RawLen))
+			if derr == nil && rs.r.blobID(plain) != w.loc.ID {
+				putBuf(bp)
+				derr = errors.New("content does not match its id")
+			}
+			if derr != nil {
+				rs.blobFailed(w, fmt.Errorf("blob %s in pack %s: %w", w.loc.ID.Short(), pack.Short(), derr))
+				continue
+			}
 			rs.writeBlob(w, plain)
+			putBuf(bp)
 		}
 		i = j
 	}

@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 )
 
 // FileType is the kind of a repository file; it is also the name of the
@@ -104,4 +105,15 @@ type Backend interface {
 	Remove(ctx context.Context, h Handle) error
 	// Close releases resources held by the backend.
 	Close() error
+}
+
+// FileSaver is implemented by backends that can store a finished file
+// without it being copied into memory first. Packs are assembled in such a
+// temporary file.
+type FileSaver interface {
+	// TempFile creates a temporary file for SaveFile.
+	TempFile() (*os.File, error)
+	// SaveFile stores the whole content of f as h, then closes f and
+	// removes it; on error f is closed and removed as well.
+	SaveFile(ctx context.Context, h Handle, f *os.File) error
 }

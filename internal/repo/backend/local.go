@@ -113,6 +113,52 @@ func wrapNotExist(h Handle, err error) error {
 	return err
 }
 
+// TempFile creates a temporary file inside the repository (so SaveFile can
+// rename it into place); List ignores it and prune removes leftovers.
+func (l *Local) TempFile() (*os.File, error) {
+	return os.CreateTemp(filepath.Join(l.dir, string(PackFile)), tmpPrefix+"*")
+}
+
+// SaveFile syncs f and renames it into place as h.
+func (l *Local) SaveFile(ctx context.Context, h Handle, f *os.File) error {
+	tmp := f.Name()
+	fail := func(err error) error {
+		f.Close()
+		os.Remove(tmp)
+		return fmt.Errorf("saving %s: %w", h, err)
+	}
+	if err := h.Valid(); err != nil {
+		return fail(err)
+	}
+	if err := ctx.Err(); err != nil {
+		return fail(err)
+	}
+	if err := f.Sync(); err != nil {
+		return fail(err)
+	}
+	if err := f.Chmod(0o400); err != nil {
+		return fail(err)
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("saving %s: %w", h, err)
+	}
+	final := l.path(h)
+	if err := os.MkdirAll(filepath.Dir(final), 0o700); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("saving %s: %w", h, err)
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("saving %s: %w", h, err)
+	}
+	if d, err := os.Open(filepath.Dir(final)); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
 // Load reads a range of a file.
 func (l *Local) Load(ctx context.Context, h Handle, offset, length int64) ([]byte, error) {
 	if err := h.Valid(); err != nil {

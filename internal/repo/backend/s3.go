@@ -114,6 +114,29 @@ func (s *S3) Save(ctx context.Context, h Handle, data []byte) error {
 	return nil
 }
 
+// TempFile creates a local temporary file for SaveFile.
+func (s *S3) TempFile() (*os.File, error) { return os.CreateTemp("", "holdfast-pack-*") }
+
+// SaveFile uploads f as h, streaming it from disk.
+func (s *S3) SaveFile(ctx context.Context, h Handle, f *os.File) error {
+	defer func() { f.Close(); os.Remove(f.Name()) }()
+	if err := h.Valid(); err != nil {
+		return err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("saving %s: %w", h, err)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("saving %s: %w", h, err)
+	}
+	_, err = s.client.PutObject(ctx, s.cfg.Bucket, s.key(h), f, fi.Size(), minio.PutObjectOptions{ContentType: "application/octet-stream"})
+	if err != nil {
+		return fmt.Errorf("saving %s: %w", h, err)
+	}
+	return nil
+}
+
 // Load reads a byte range of an object.
 func (s *S3) Load(ctx context.Context, h Handle, offset, length int64) ([]byte, error) {
 	if err := h.Valid(); err != nil {
