@@ -218,6 +218,9 @@ func TestSetPathWhileTrafficFlows(t *testing.T) {
 		t.Fatalf("only %d of 10 probes answered", len(rtts))
 	}
 	if med := rtts[len(rtts)/2]; med < 80*time.Millisecond || med > 88*time.Millisecond {
+		if lag := l.MaxLag(); lag > starvedLag {
+			t.Skipf("median RTT %v after SetPath to 80ms, but the emulator fell %v behind (machine overloaded)", med, lag)
+		}
 		t.Errorf("median RTT %v after SetPath to 80ms", med)
 	}
 }

@@ -101,50 +101,52 @@ func TestTailDropAtQueueLimit(t *testing.T) {
 		count = 100
 		size  = 1000 // UDP payload; 1028 bytes on the wire
 	)
-	l := New(t, Config{Hosts: 2, Path: mustParsePath(t, "rate 10Mbit, delay 1ms, queue 30000B")})
-	rx := countUDP(t, l.Host(1), 9000)
-	c := dialTOS(t, l.Host(0), l.Host(1), 9000, 0)
-	buf := make([]byte, size)
-	for i := range count {
-		if _, err := c.Write(buf); err != nil {
-			t.Fatalf("datagram %d: %v", i, err)
+	timing(t, func(a *attempt) {
+		l := a.useLab(Config{Hosts: 2, Path: mustParsePath(t, "rate 10Mbit, delay 1ms, queue 30000B")})
+		rx := countUDP(t, l.Host(1), 9000)
+		c := dialTOS(t, l.Host(0), l.Host(1), 9000, 0)
+		buf := make([]byte, size)
+		for i := range count {
+			if _, err := c.Write(buf); err != nil {
+				t.Fatalf("datagram %d: %v", i, err)
+			}
 		}
-	}
-	// Drain: the queue empties in 30000 B / 10 Mbit/s = 24 ms.
-	deadline := time.Now().Add(5 * time.Second)
-	var st PathStats
-	for time.Now().Before(deadline) {
-		st = l.Stats(0, 1)
-		if st.Total.InPackets >= count && st.Total.QueueBytes == 0 && rx.packets.Load() == st.Total.OutPackets {
-			break
+		// Drain: the queue empties in 30000 B / 10 Mbit/s = 24 ms.
+		deadline := time.Now().Add(5 * time.Second)
+		var st PathStats
+		for time.Now().Before(deadline) {
+			st = l.Stats(0, 1)
+			if st.Total.InPackets >= count && st.Total.QueueBytes == 0 && rx.packets.Load() == st.Total.OutPackets {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	tot := st.Total
-	t.Logf("%s; received %d", st, rx.packets.Load())
-	if tot.InPackets != count {
-		t.Fatalf("path saw %d packets, sent %d", tot.InPackets, count)
-	}
-	if tot.QueueDrops == 0 {
-		t.Fatalf("a burst of %d B into a %d B queue dropped nothing", count*(size+28), queue)
-	}
-	if tot.OutPackets+tot.QueueDrops != tot.InPackets {
-		t.Errorf("out %d + tail drops %d != in %d", tot.OutPackets, tot.QueueDrops, tot.InPackets)
-	}
-	if got := rx.packets.Load(); got != tot.OutPackets {
-		t.Errorf("receiver got %d datagrams, path delivered %d", got, tot.OutPackets)
-	}
-	if tot.MaxQueueBytes > queue || tot.MaxQueueBytes < queue-(size+28) {
-		t.Errorf("max queue %d B, want within one packet below the %d B limit", tot.MaxQueueBytes, queue)
-	}
-	// About queue/packet packets fit, plus the few served while the burst
-	// was being sent.
-	if fit := queue / (size + 28); tot.OutPackets < uint64(fit) || tot.OutPackets > uint64(fit)+15 {
-		t.Errorf("delivered %d packets, want about %d (what fits in the queue)", tot.OutPackets, fit)
-	}
-	if def := st.Class("default"); def.QueueDrops != tot.QueueDrops {
-		t.Errorf("class default counts %d tail drops, total %d", def.QueueDrops, tot.QueueDrops)
-	}
+		tot := st.Total
+		a.Logf("%s; received %d", st, rx.packets.Load())
+		if tot.InPackets != count {
+			t.Fatalf("path saw %d packets, sent %d", tot.InPackets, count)
+		}
+		if tot.QueueDrops == 0 {
+			t.Fatalf("a burst of %d B into a %d B queue dropped nothing", count*(size+28), queue)
+		}
+		if tot.OutPackets+tot.QueueDrops != tot.InPackets {
+			t.Errorf("out %d + tail drops %d != in %d", tot.OutPackets, tot.QueueDrops, tot.InPackets)
+		}
+		if got := rx.packets.Load(); got != tot.OutPackets {
+			t.Errorf("receiver got %d datagrams, path delivered %d", got, tot.OutPackets)
+		}
+		if tot.MaxQueueBytes > queue || tot.MaxQueueBytes < queue-(size+28) {
+			t.Errorf("max queue %d B, want within one packet below the %d B limit", tot.MaxQueueBytes, queue)
+		}
+		// About queue/packet packets fit, plus the few served while the burst
+		// was being sent.
+		if fit := queue / (size + 28); tot.OutPackets < uint64(fit) || tot.OutPackets > uint64(fit)+15 {
+			a.Errorf("delivered %d packets, want about %d (what fits in the queue)", tot.OutPackets, fit)
+		}
+		if def := st.Class("default"); def.QueueDrops != tot.QueueDrops {
+			t.Errorf("class default counts %d tail drops, total %d", def.QueueDrops, tot.QueueDrops)
+		}
+	})
 }
 
 // TestDSCPScheduling sends a marked (EF) and an unmarked UDP flow through
