@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -28,15 +29,45 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "server ended:", err)
 		os.Exit(1)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if holdfastBin != "" {
+		os.Remove(holdfastBin)
+	}
+	os.Exit(code)
+}
+
+var (
+	holdfastBinOnce sync.Once
+	holdfastBin     string
+)
+
+// serverCommand returns the command that runs the volume server: the real
+// holdfast binary (`holdfast volume serve`), built once; if the command tree
+// does not build right now (other packages mid-change), this test binary
+// running the same RunStandalone, said so in the log.
+func serverCommand(t *testing.T, dir string) *exec.Cmd {
+	holdfastBinOnce.Do(func() {
+		bin := filepath.Join(os.TempDir(), fmt.Sprintf("holdfast-cdp-test-%d", os.Getpid()))
+		out, err := exec.Command("go", "build", "-o", bin, "github.com/holdfast/holdfast/cmd/holdfast").CombinedOutput()
+		if err != nil {
+			t.Logf("building the holdfast binary failed, using the test binary as the server: %v\n%s", err, out)
+			return
+		}
+		holdfastBin = bin
+	})
+	if holdfastBin != "" {
+		return exec.Command(holdfastBin, "volume", "serve", "--state", dir, "--nbd-listen", "")
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "HOLDFAST_CDP_TEST_SERVE="+dir)
+	return cmd
 }
 
 // startServerProcess runs the standalone server as a child process and
 // waits until its API answers.
 func startServerProcess(t *testing.T, dir string) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "HOLDFAST_CDP_TEST_SERVE="+dir)
+	cmd := serverCommand(t, dir)
 	cmd.Stderr = tWriter{t}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
