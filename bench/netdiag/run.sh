@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Network diagnostics overhead: what netdiag costs on loopback bulk traffic.
 #
-#  1. A Go sender/receiver moving BYTES (default 2 GiB) in 1 MiB messages,
+#  1. A Go sender/receiver moving BYTES (default 1 GiB) in 1 MiB messages,
 #     each acknowledged with a netdiag.Ack, with the sender's connection
 #     unmonitored, monitored with netdiag.DefaultConfig, and monitored with
 #     every write kernel-timestamped; "off-again" repeats "off" to show the
@@ -10,11 +10,11 @@
 #     measuring (defaults), with the proxy process's CPU time per GiB.
 #
 # Usage: bench/netdiag/run.sh            (from the repository root)
-#        RUNS=11 BYTES=$((2<<30)) IPERF_RUNS=5 IPERF_SECONDS=3 bench/netdiag/run.sh
+#        RUNS=21 BYTES=$((1<<30)) IPERF_RUNS=5 IPERF_SECONDS=3 bench/netdiag/run.sh
 set -euo pipefail
 
-RUNS=${RUNS:-11}
-BYTES=${BYTES:-$((2 << 30))}
+RUNS=${RUNS:-21}
+BYTES=${BYTES:-$((1 << 30))}
 IPERF_RUNS=${IPERF_RUNS:-5}
 IPERF_SECONDS=${IPERF_SECONDS:-3}
 

@@ -62,6 +62,7 @@ type netdiagProxyOptions struct {
 	dir          string
 	noMeasure    bool
 	sampleEvery  int
+	sampleIntvl  time.Duration
 	tcpInfoEvery time.Duration
 	maxLogBytes  int64
 }
@@ -86,6 +87,7 @@ TCP_INFO) into the netdiag log. Run 'holdfast netdiag report' on the same
 	f.StringVar(&opts.dir, "dir", netdiag.DefaultDir(), "netdiag log directory")
 	f.BoolVar(&opts.noMeasure, "no-measure", false, "forward only, record nothing (baseline)")
 	f.IntVar(&opts.sampleEvery, "sample-every", 1, "kernel-timestamp one write in N")
+	f.DurationVar(&opts.sampleIntvl, "sample-interval", netdiag.DefaultConfig().WriteSampleInterval, "least time between kernel-timestamped writes per connection (0: no limit)")
 	f.DurationVar(&opts.tcpInfoEvery, "tcpinfo-interval", 100*time.Millisecond, "TCP_INFO sampling interval (0: off)")
 	f.Int64Var(&opts.maxLogBytes, "max-log-bytes", netdiag.DefaultMaxTotalBytes, "bound on the log directory's size")
 	_ = cmd.MarkFlagRequired("listen")
@@ -98,10 +100,14 @@ func runNetdiagProxy(ctx context.Context, opts netdiagProxyOptions) error {
 	cfg := proxy.DefaultConfig(opts.listen, opts.to)
 	cfg.Measure = !opts.noMeasure
 	cfg.Monitor.WriteSampleEvery = opts.sampleEvery
+	cfg.Monitor.WriteSampleInterval = opts.sampleIntvl
 	cfg.Monitor.TCPInfoInterval = opts.tcpInfoEvery
 	var sink netdiag.Sink
 	var rec *netdiag.Recorder
 	if cfg.Measure {
+		if least := int64(4 * netdiag.MinMaxFileBytes); opts.maxLogBytes < least {
+			return fmt.Errorf("--max-log-bytes %d: must be at least %d", opts.maxLogBytes, least)
+		}
 		rcfg := netdiag.DefaultRecorderConfig(opts.dir)
 		rcfg.MaxTotalBytes = opts.maxLogBytes
 		rcfg.MaxFileBytes = min(rcfg.MaxFileBytes, opts.maxLogBytes/4)
