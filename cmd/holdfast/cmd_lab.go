@@ -26,6 +26,7 @@ type labUpOptions struct {
 	sched    string
 	mtu      int
 	seed     uint64
+	pairs    []string
 	interval time.Duration
 	quiet    bool
 }
@@ -49,6 +50,7 @@ func newLabUpCommand() *cobra.Command {
 		Short: "Start a lab and run its emulator in the foreground until Ctrl-C",
 		Example: `  holdfast lab up --rtt 100ms --rate 200Mbit --loss 0.1% --queue 64KiB
   holdfast lab up --hosts 3 --path "rate 50Mbit, rtt 40ms, sched strict"
+  holdfast lab up --hosts 3 --rtt 20ms --pair "0-2: rtt 300ms, loss 2%" --pair "1>0: rate 10Mbit"
   # in another terminal:
   ip netns exec hflab-cli-h1 iperf3 -s
   ip netns exec hflab-cli-h0 iperf3 -c 198.18.0.2`,
@@ -68,6 +70,7 @@ func newLabUpCommand() *cobra.Command {
 	f.StringVar(&o.loss, "loss", "", "random loss, e.g. 0.1%")
 	f.StringVar(&o.queue, "queue", "", "bottleneck queue, e.g. 64KiB (default: one bandwidth-delay product)")
 	f.StringVar(&o.sched, "sched", "", "DSCP scheduling at the bottleneck: fifo, strict or weighted")
+	f.StringArrayVar(&o.pairs, "pair", nil, `path of one pair, "A-B: path" (both ways) or "A>B: path" (one way); repeatable`)
 	f.IntVar(&o.mtu, "mtu", lab.DefaultMTU, "MTU of the hosts' devices")
 	f.Uint64Var(&o.seed, "seed", 0, "seed of the random loss and jitter (0: random)")
 	f.DurationVar(&o.interval, "interval", time.Second, "how often to print statistics")
@@ -109,6 +112,17 @@ func runLabUp(cmd *cobra.Command, o labUpOptions) error {
 	if o.interval <= 0 {
 		return fmt.Errorf("--interval %v: must be positive", o.interval)
 	}
+	var pairs []lab.PairPath
+	for _, s := range o.pairs {
+		pp, err := lab.ParsePairPath(s)
+		if err != nil {
+			return fmt.Errorf("--pair: %w", err)
+		}
+		if pp.A >= o.hosts || pp.B >= o.hosts {
+			return fmt.Errorf("--pair %q: the lab has hosts 0 to %d", s, o.hosts-1)
+		}
+		pairs = append(pairs, pp)
+	}
 	cfg := lab.Config{Name: o.name, Hosts: o.hosts, Path: p, MTU: o.mtu, Seed: o.seed}
 	ctx := cmd.Context()
 	l, err := lab.Start(ctx, cfg, logger())
@@ -116,6 +130,11 @@ func runLabUp(cmd *cobra.Command, o labUpOptions) error {
 		return err
 	}
 	defer l.Close()
+	for _, pp := range pairs {
+		if err := l.Apply(pp); err != nil {
+			return err
+		}
+	}
 	w := cmd.OutOrStdout()
 	if globals.json {
 		var hosts []labHostJSON
@@ -126,11 +145,14 @@ func runLabUp(cmd *cobra.Command, o labUpOptions) error {
 			}
 			hosts = append(hosts, hj)
 		}
-		if err := printJSONLine(w, map[string]any{"lab": l.Name(), "path": p.String(), "mtu": l.Config().MTU, "hosts": hosts}); err != nil {
+		if err := printJSONLine(w, map[string]any{"lab": l.Name(), "path": p.String(), "pairs": o.pairs, "mtu": l.Config().MTU, "hosts": hosts}); err != nil {
 			return err
 		}
 	} else {
 		fmt.Fprint(w, l.Describe())
+		for _, s := range o.pairs {
+			fmt.Fprintf(w, "pair %s\n", strings.TrimSpace(s))
+		}
 		fmt.Fprintln(w, "Ctrl-C stops the emulator and removes the hosts.")
 	}
 	err = l.Watch(ctx, o.interval, func(r lab.Report) {

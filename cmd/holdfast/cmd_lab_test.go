@@ -24,6 +24,8 @@ func TestLabUpRejectsBadPath(t *testing.T) {
 		{[]string{"lab", "up", "--loss", "150%"}, "below 100%"},
 		{[]string{"lab", "up", "--path", "rate 1Mbit", "--rate", "2Mbit"}, "given twice"},
 		{[]string{"lab", "up", "--interval", "0s"}, "must be positive"},
+		{[]string{"lab", "up", "--pair", "0-1 rtt 5ms"}, "--pair"},
+		{[]string{"lab", "up", "--pair", "0-2: rtt 5ms"}, "hosts 0 to 1"},
 	} {
 		r := run(t, tc.args...)
 		if r.code != exitFatal || !strings.Contains(r.stderr, tc.want) {
@@ -75,7 +77,7 @@ func TestLabUpAndDown(t *testing.T) {
 		t.Skip(err)
 	}
 	name := "clitest" + strconv.Itoa(os.Getpid())
-	cmd, hello, sc := labUp(t, name, "--hosts", "3", "--rtt", "10ms", "--rate", "20Mbit")
+	cmd, hello, sc := labUp(t, name, "--hosts", "3", "--rtt", "10ms", "--rate", "20Mbit", "--pair", "0>2: rtt 300ms")
 	hosts, _ := hello["hosts"].([]any)
 	if len(hosts) != 3 || hello["path"] != "rate 20Mbit, delay 5ms" {
 		t.Fatalf("lab up --json said %v", hello)
@@ -96,6 +98,15 @@ func TestLabUpAndDown(t *testing.T) {
 	var rep lab.Report
 	if err := json.Unmarshal(sc.Bytes(), &rep); err != nil || len(rep.Paths) != 6 {
 		t.Fatalf("stats line %q: %v (%d paths, want 6)", sc.Text(), err, len(rep.Paths))
+	}
+	for _, pr := range rep.Paths {
+		want := "rate 20Mbit, delay 5ms"
+		if pr.From == 0 && pr.To == 2 {
+			want = "delay 150ms"
+		}
+		if pr.Path != want {
+			t.Errorf("path h%d->h%d is %q, want %q", pr.From, pr.To, pr.Path, want)
+		}
 	}
 	// Ctrl-C ends it cleanly and removes the hosts.
 	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {

@@ -186,3 +186,32 @@ func FuzzParsePath(f *testing.F) {
 		}
 	})
 }
+
+func TestParsePairPath(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want PairPath
+		err  string
+	}{
+		{in: "0-2: rtt 300ms, loss 2%", want: PairPath{A: 0, B: 2, Path: Path{Delay: 150 * time.Millisecond, Loss: 0.02}}},
+		{in: "h1>h0: rate 10Mbit", want: PairPath{A: 1, B: 0, OneWay: true, Path: Path{Rate: 10e6}}},
+		{in: " 3 - 4 :perfect", want: PairPath{A: 3, B: 4}},
+		{in: "0-1 rtt 5ms", err: "want \"A-B: path\""},
+		{in: "0: rtt 5ms", err: "two host indexes"},
+		{in: "0-x: rtt 5ms", err: "want an index"},
+		{in: "0-64: rtt 5ms", err: "want an index"},
+		{in: "2-2: rtt 5ms", err: "to itself"},
+		{in: "0-1: rtt fast", err: "rtt fast"},
+	} {
+		got, err := ParsePairPath(tc.in)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) || !errors.Is(err, ErrPathSyntax) {
+				t.Errorf("ParsePairPath(%q) = %v, want an ErrPathSyntax mentioning %q", tc.in, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("ParsePairPath(%q) = %+v, %v; want %+v", tc.in, got, err, tc.want)
+		}
+	}
+}
