@@ -223,3 +223,30 @@ func TestLinkSetPathKeepsCountersAndQueue(t *testing.T) {
 		t.Errorf("realtime after SetPath: %+v", c)
 	}
 }
+
+func TestLinkJitterSpread(t *testing.T) {
+	// With reordering allowed, each delay is 5 ms ± uniform 4 ms.
+	lk, s := testLink(t, Path{Delay: 5 * time.Millisecond, Jitter: 4 * time.Millisecond, Reorder: true})
+	for range 400 {
+		lk.enqueue(testPacket(100, 0))
+	}
+	waitFor(t, "400 packets", func() bool { return s.count() == 400 })
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	lo, hi, sum := time.Hour, time.Duration(0), time.Duration(0)
+	for i, d := range s.planned {
+		delay := time.Duration(d - s.arrived[i])
+		lo, hi, sum = min(lo, delay), max(hi, delay), sum+delay
+	}
+	mean := sum / time.Duration(len(s.planned))
+	t.Logf("delays from %v to %v, mean %v", lo, hi, mean)
+	if lo < time.Millisecond || hi > 9*time.Millisecond {
+		t.Errorf("delays %v..%v outside 5ms ± 4ms", lo, hi)
+	}
+	if lo > 1500*time.Microsecond || hi < 8500*time.Microsecond {
+		t.Errorf("delays %v..%v do not spread over 5ms ± 4ms", lo, hi)
+	}
+	if mean < 4700*time.Microsecond || mean > 5300*time.Microsecond {
+		t.Errorf("mean delay %v, want 5ms", mean)
+	}
+}

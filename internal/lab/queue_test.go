@@ -240,3 +240,43 @@ func TestDSCPScheduling(t *testing.T) {
 		})
 	}
 }
+
+func TestIPv6TrafficClassIsClassified(t *testing.T) {
+	l := New(t, Config{Hosts: 2, Path: mustParsePath(t, "rate 50Mbit, sched strict")})
+	if !l.Host(1).Addr6().IsValid() {
+		t.Skip("IPv6 is disabled in this kernel")
+	}
+	pc, err := l.Host(1).ListenPacket("udp6", net.JoinHostPort(l.Host(1).Addr6().String(), "9200"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	for _, tc := range []struct {
+		dscp  uint8
+		class string
+	}{{DSCPEF, "realtime"}, {DSCPCS1, "scavenger"}, {DSCPAF41, "high"}} {
+		d := &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			if err := rc.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_TCLASS, int(tc.dscp)<<2)
+			}); err != nil {
+				return err
+			}
+			return serr
+		}}
+		c, err := l.Host(0).DialWith(context.Background(), d, "udp6", net.JoinHostPort(l.Host(1).Addr6().String(), "9200"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 5 {
+			if _, err := c.Write([]byte("tclass")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.Close()
+		waitFor(t, "5 packets in class "+tc.class, func() bool { return l.Stats(0, 1).Class(tc.class).OutPackets >= 5 })
+		if got := l.Stats(0, 1).Class(tc.class).OutPackets; got != 5 {
+			t.Errorf("IPv6 traffic class DSCP %d: class %s delivered %d, want 5", tc.dscp, tc.class, got)
+		}
+	}
+}
