@@ -188,10 +188,15 @@ func (d *Decider) Observe(o Observation) Decision {
 		dec.Reason = "ahead, holding"
 		return dec
 	}
+	// Lowering now would only put the end of the task at risk.
+	if o.Total > 0 && float64(o.Total-o.Done)/rate < d.p.Hold.Seconds() {
+		dec.Reason = "ahead, but finishing within the hold time"
+		return dec
+	}
 	to := d.class - 1
-	if d.fresh(to, o.Now) && d.est[to].rate < needed {
-		dec.Reason = fmt.Sprintf("ahead, but %s measured %s < needed %s %v ago",
-			d.p.Classes[to].Name, FormatRate(d.est[to].rate*8), FormatRate(needed*8), o.Now.Sub(d.est[to].at).Round(time.Millisecond))
+	if d.fresh(to, o.Now) && d.est[to].rate < d.p.Ahead*needed {
+		dec.Reason = fmt.Sprintf("ahead, but %s measured %s < %g x needed %s %v ago",
+			d.p.Classes[to].Name, FormatRate(d.est[to].rate*8), d.p.Ahead, FormatRate(needed*8), o.Now.Sub(d.est[to].at).Round(time.Millisecond))
 		return dec
 	}
 	dec.Reason = fmt.Sprintf("ahead: measured %s >= %g x needed %s for %v",

@@ -57,9 +57,9 @@ func TestDecider(t *testing.T) {
 			name: "behind raises once and meets the deadline",
 			obj:  Objective{Deadline: t0.Add(12 * time.Second)}, total: 15 * mb, dur: 12 * time.Second,
 			rate: fixed(1, 7, 14, 18, 19, 20),
-			// Near the end the needed rate falls so far that standard,
-			// measured at 7 Mbit/s, is enough again: back down after hold.
-			want: []string{"high-throughput", "standard"},
+			// Near the end standard would be enough again, but the task
+			// finishes within the hold time: no pointless lowering.
+			want: []string{"high-throughput"},
 			check: func(t *testing.T, ch []Decision, at []time.Duration, done int64) {
 				if done < 15*mb {
 					t.Errorf("deadline missed: %d of %d bytes", done, 15*mb)
@@ -87,7 +87,7 @@ func TestDecider(t *testing.T) {
 		},
 		{
 			name: "far ahead drops to scavenger and stays",
-			obj:  Objective{Deadline: t0.Add(60 * time.Second)}, total: 10 * mb, dur: 30 * time.Second,
+			obj:  Objective{Deadline: t0.Add(120 * time.Second)}, total: 40 * mb, dur: 30 * time.Second,
 			rate: fixed(8, 10, 14, 18, 19, 20),
 			want: []string{"scavenger"},
 			check: func(t *testing.T, ch []Decision, at []time.Duration, done int64) {
@@ -133,9 +133,9 @@ func TestDecider(t *testing.T) {
 		},
 		{
 			name: "scavenger too slow: back up once, no flapping",
-			obj:  Objective{Deadline: t0.Add(25 * time.Second)}, total: 20 * mb, dur: 25 * time.Second,
+			obj:  Objective{Deadline: t0.Add(60 * time.Second)}, total: 60 * mb, dur: 25 * time.Second,
 			rate: fixed(3, 20, 20, 20, 20, 20),
-			// needed ≈ 7.1 Mbit/s: standard (20) is > 1.5x, scavenger (3) is too slow.
+			// needed ≈ 8.9 Mbit/s: standard (20) is > 1.5x, scavenger (3) is too slow.
 			want: []string{"scavenger", "standard"},
 		},
 		{
@@ -164,6 +164,11 @@ func TestDecider(t *testing.T) {
 				return r * 1e6 / 8
 			},
 			want: []string{"high-throughput", "low-latency"},
+		},
+		{
+			name: "ahead but finishing within the hold time",
+			obj:  Objective{Deadline: t0.Add(60 * time.Second)}, total: 10 * mb, dur: 10 * time.Second,
+			rate: fixed(8, 10, 14, 18, 19, 20),
 		},
 		{name: "no objective", obj: Objective{}, total: 10 * mb, dur: 10 * time.Second, rate: fixed(1, 1, 1, 1, 1, 1)},
 		{name: "deadline with unknown size", obj: Objective{Deadline: t0.Add(5 * time.Second)}, total: 0, dur: 10 * time.Second, rate: fixed(1, 1, 1, 1, 1, 1)},

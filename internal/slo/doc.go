@@ -16,9 +16,10 @@
 //     minimum rate), skipping classes already measured to be too slow;
 //   - it lowers the class, one step at a time and down to scavenger, only
 //     after the task has been comfortably ahead (measured rate at least
-//     Policy.Ahead times the needed rate) for Policy.Hold, and never to a
-//     class recently measured to be too slow: that is the hysteresis that
-//     keeps it from flapping.
+//     Policy.Ahead times the needed rate) for Policy.Hold, never to a class
+//     whose recent measurement was not itself comfortably ahead, and not
+//     when the task will finish within Policy.Hold anyway: that is the
+//     hysteresis that keeps it from flapping.
 //
 // The Tagger re-marks every socket of the task (IP_TOS for IPv4,
 // IPV6_TCLASS for IPv6; the TOS byte is DSCP<<2) whenever the class

@@ -31,8 +31,8 @@ func testLogger(t testing.TB) *slog.Logger {
 func TestTaggerRemarksSockets(t *testing.T) {
 	p := DefaultPolicy()
 	var done atomic.Int64
-	const total = 40_000_000
-	obj := Objective{Deadline: t0.Add(20 * time.Second)}
+	const total = 200_000_000
+	obj := Objective{Deadline: t0.Add(80 * time.Second)}
 	tg, err := NewTagger(obj, p, func() (int64, int64) { return done.Load(), total }, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
@@ -50,15 +50,15 @@ func TestTaggerRemarksSockets(t *testing.T) {
 	}
 	closed.Close() // a finished connection: dropped quietly at the next change
 
-	// The network gives the task 1 MB/s in standard and 4 MB/s from
-	// high-throughput up; 40 MB in 20 s needs about 2.2 MB/s. The tagger
-	// must raise it once, then lower it back when standard is enough for
-	// what is left.
-	for el := time.Duration(0); el <= 12*time.Second; el += p.Interval {
+	// The network gives the task 2 MB/s in standard and 8 MB/s from
+	// high-throughput up; 200 MB in 80 s needs about 2.8 MB/s. The tagger
+	// must raise it once, then lower it back when standard is comfortably
+	// enough for what is left (at about 17 s).
+	for el := time.Duration(0); el <= 20*time.Second; el += p.Interval {
 		if el > 0 {
-			r := 1_000_000.0
+			r := 2_000_000.0
 			if tg.Class().DSCP != DSCPCS0 {
-				r = 4_000_000
+				r = 8_000_000
 			}
 			done.Store(min(total, done.Load()+int64(r*p.Interval.Seconds())))
 		}
