@@ -258,6 +258,7 @@ type link struct {
 	writeErrs  uint64
 	maxLag     int64
 	late       uint64
+	lossBad    bool // Gilbert model state: in a loss burst
 	armed      int64
 	closed     bool
 
@@ -386,7 +387,7 @@ func (l *link) enqueue(p *packet) {
 	st := &l.stats[p.class]
 	st.InPackets++
 	st.InBytes += uint64(p.n)
-	if l.path.Loss > 0 && l.rng.Float64() < l.path.Loss {
+	if l.path.Loss > 0 && l.lose() {
 		st.LossDrops++
 		l.mu.Unlock()
 		l.free(p)
@@ -415,6 +416,24 @@ func (l *link) enqueue(p *packet) {
 		l.arm(next)
 	}
 	l.flush(due)
+}
+
+// lose decides whether the next packet is lost at random; mu is held.
+func (l *link) lose() bool {
+	p := l.path
+	if p.LossBurst <= 1 {
+		return l.rng.Float64() < p.Loss
+	}
+	// Two states: every packet is lost in the bad one. Leaving it has
+	// probability 1/LossBurst, entering it is chosen so that the long-run
+	// share of lost packets is Loss.
+	r := 1 / p.LossBurst
+	if l.lossBad {
+		l.lossBad = l.rng.Float64() >= r
+	} else {
+		l.lossBad = l.rng.Float64() < p.Loss*r/(1-p.Loss)
+	}
+	return l.lossBad
 }
 
 // run serves the link when its timer fires, until the link is closed.

@@ -14,6 +14,7 @@ type sink struct {
 	mu      sync.Mutex
 	dscps   []uint8
 	at      []time.Time
+	ids     []int   // bytes 20-22 of each packet: a number some tests give them
 	planned []int64 // departure times, from the emulator's clock
 	arrived []int64
 }
@@ -31,6 +32,7 @@ func (s *sink) out(b []byte) error {
 	defer s.mu.Unlock()
 	s.dscps = append(s.dscps, b[1]>>2)
 	s.at = append(s.at, time.Now())
+	s.ids = append(s.ids, int(b[20])<<16|int(b[21])<<8|int(b[22]))
 	return nil
 }
 
@@ -248,5 +250,45 @@ func TestLinkJitterSpread(t *testing.T) {
 	}
 	if mean < 4700*time.Microsecond || mean > 5300*time.Microsecond {
 		t.Errorf("mean delay %v, want 5ms", mean)
+	}
+}
+
+func TestLinkBurstyLoss(t *testing.T) {
+	const packets = 20000
+	for _, tc := range []struct {
+		burst          float64
+		minRun, maxRun float64
+	}{
+		{burst: 0, minRun: 1, maxRun: 1.2},
+		{burst: 5, minRun: 4, maxRun: 6},
+	} {
+		lk, s := testLink(t, Path{Loss: 0.05, LossBurst: tc.burst})
+		for i := range packets {
+			p := testPacket(100, 0)
+			p.buf[20], p.buf[21], p.buf[22] = byte(i>>16), byte(i>>8), byte(i) // number the packets
+			lk.enqueue(p)
+		}
+		st := lk.snapshot()
+		lost := float64(st.Total.LossDrops) / packets
+		// Delivered numbers, in order: the gaps are the loss bursts.
+		s.mu.Lock()
+		var bursts, inBursts int
+		next := 0
+		for _, id := range s.ids {
+			if id > next {
+				bursts++
+				inBursts += id - next
+			}
+			next = id + 1
+		}
+		s.mu.Unlock()
+		mean := float64(inBursts) / float64(max(bursts, 1))
+		t.Logf("lossburst %v: lost %.2f%%, %d bursts of %.2f packets on average", tc.burst, lost*100, bursts, mean)
+		if lost < 0.04 || lost > 0.06 {
+			t.Errorf("lossburst %v: lost %.2f%%, set 5%%", tc.burst, lost*100)
+		}
+		if mean < tc.minRun || mean > tc.maxRun {
+			t.Errorf("lossburst %v: mean burst %.2f packets, want %v to %v", tc.burst, mean, tc.minRun, tc.maxRun)
+		}
 	}
 }

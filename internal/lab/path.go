@@ -27,6 +27,8 @@ const (
 	MaxClasses = 16
 	// MaxWeight is the largest weight of a class under SchedWeighted.
 	MaxWeight = 1000
+	// MaxLossBurst is the longest mean loss burst, in packets.
+	MaxLossBurst = 1000
 )
 
 // Path describes one direction of the emulated network between two hosts:
@@ -54,6 +56,10 @@ type Path struct {
 	// Loss is the probability, in [0, 1), that a packet is dropped at random
 	// before it reaches the queue.
 	Loss float64
+	// LossBurst, when above 1, makes losses come in bursts of this mean
+	// length in packets (a two-state Gilbert model whose long-run loss is
+	// still Loss). Zero or 1 means independent losses.
+	LossBurst float64
 	// QueueBytes bounds the bottleneck queue in bytes (tail drop). Under
 	// SchedFIFO it bounds the single queue; under SchedStrict and
 	// SchedWeighted each class has its own queue of this size unless the
@@ -189,6 +195,8 @@ func (p Path) Validate() error {
 		return fmt.Errorf("jitter %v out of range [0, %v]", p.Jitter, MaxDelay)
 	case math.IsNaN(p.Loss) || p.Loss < 0 || p.Loss >= 1:
 		return fmt.Errorf("loss %v out of range [0, 1)", p.Loss)
+	case math.IsNaN(p.LossBurst) || p.LossBurst < 0 || p.LossBurst > MaxLossBurst:
+		return fmt.Errorf("loss burst %v out of range [0, %d] packets", p.LossBurst, MaxLossBurst)
 	case p.QueueBytes < 0 || p.QueueBytes > MaxQueueBytes:
 		return fmt.Errorf("queue %d bytes out of range [0, %d]", p.QueueBytes, MaxQueueBytes)
 	case p.Burst < 0 || p.Burst > MaxQueueBytes:
@@ -275,6 +283,9 @@ func (p Path) String() string {
 	if p.Loss > 0 {
 		parts = append(parts, "loss "+strconv.FormatFloat(p.Loss*100, 'g', -1, 64)+"%")
 	}
+	if p.LossBurst > 0 {
+		parts = append(parts, "lossburst "+strconv.FormatFloat(p.LossBurst, 'g', -1, 64))
+	}
 	if p.QueueBytes > 0 {
 		parts = append(parts, "queue "+strconv.Itoa(p.QueueBytes)+"B")
 	}
@@ -331,6 +342,7 @@ var ErrPathSyntax = errors.New("path syntax")
 //	jitter 2ms       ± uniform jitter on the delay
 //	reorder          let jitter reorder packets
 //	loss 0.1%        random loss, as a percentage or a fraction (0.001)
+//	lossburst 4      losses come in bursts of 4 packets on average
 //	queue 64KiB      bottleneck queue (B, KB, KiB, MB, MiB, …)
 //	burst 3000B      token-bucket depth
 //	sched strict     fifo, strict or weighted
@@ -377,6 +389,11 @@ func ParsePath(s string) (Path, error) {
 			p.Jitter, err = parseDuration(val)
 		case "loss":
 			p.Loss, err = parseLoss(val)
+		case "lossburst":
+			p.LossBurst, err = strconv.ParseFloat(val, 64)
+			if err == nil && (math.IsNaN(p.LossBurst) || p.LossBurst < 0 || p.LossBurst > MaxLossBurst) {
+				err = fmt.Errorf("want a mean burst length of 0 to %d packets", MaxLossBurst)
+			}
 		case "queue":
 			p.QueueBytes, err = parseBytes(val)
 		case "burst":
@@ -398,7 +415,7 @@ func ParsePath(s string) (Path, error) {
 				p.Sched.Mode = SchedWeighted
 			}
 		default:
-			return Path{}, fmt.Errorf("%w: unknown keyword %q (want rate, delay, rtt, jitter, reorder, loss, queue, burst, sched, weights)", ErrPathSyntax, key)
+			return Path{}, fmt.Errorf("%w: unknown keyword %q (want rate, delay, rtt, jitter, reorder, loss, lossburst, queue, burst, sched, weights)", ErrPathSyntax, key)
 		}
 		if err != nil {
 			return Path{}, fmt.Errorf("%w: %s %s: %w", ErrPathSyntax, key, val, err)

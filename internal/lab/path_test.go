@@ -26,6 +26,7 @@ func TestParsePath(t *testing.T) {
 		{"RATE 1.5Gbit; loss 0.02", Path{Rate: 1.5e9, Loss: 0.02}},
 		{"rate 64kbit, queue 100KB, burst 3000B", Path{Rate: 64000, QueueBytes: 100000, Burst: 3000}},
 		{"rate 1000", Path{Rate: 1000}},
+		{"loss 2%, lossburst 4.5", Path{Loss: 0.02, LossBurst: 4.5}},
 		{"sched strict", Path{Sched: Sched{Mode: SchedStrict}}},
 		{"sched weighted", Path{Sched: Sched{Mode: SchedWeighted}}},
 		{"weights 4:3:2:1", Path{Sched: Sched{Mode: SchedWeighted, Classes: weighted}}},
@@ -59,6 +60,8 @@ func TestParsePathErrors(t *testing.T) {
 		{"loss abc", "not a number"},
 		{"loss NaN", "below 100%"},
 		{"queue 1TiB", "more than"},
+		{"lossburst -1", "mean burst length"},
+		{"lossburst many", "invalid syntax"},
 		{"queue lots", "queue lots"},
 		{"sched random", "unknown scheduler"},
 		{"weights 1:2", "want 4 weights"},
@@ -161,7 +164,7 @@ func FuzzParsePath(f *testing.F) {
 	for _, s := range []string{
 		"rate 200Mbit, rtt 100ms, loss 0.1%, queue 64KiB",
 		"perfect", "delay 5ms jitter 1ms reorder", "weights 8:4:2:1", "sched strict",
-		"rate 1.5Gbit; loss 0.02", "burst 3000B queue 1MiB", "loss 1e-3",
+		"rate 1.5Gbit; loss 0.02", "burst 3000B queue 1MiB", "loss 1e-3", "loss 1% lossburst 3",
 	} {
 		f.Add(s)
 	}
