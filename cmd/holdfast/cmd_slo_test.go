@@ -60,7 +60,7 @@ func TestCpDeadlineRemarksConnections(t *testing.T) {
 		t.Fatalf("cluster init: %s", r.stderr)
 	}
 	src := filepath.Join(dir, "src.bin")
-	data := make([]byte, 16<<20)
+	data := make([]byte, 32<<20)
 	rand.Read(data)
 	if err := os.WriteFile(src, data, 0o644); err != nil {
 		t.Fatal(err)
@@ -103,7 +103,10 @@ func TestCpDeadlineRemarksConnections(t *testing.T) {
 		t.Fatal("tcpdump did not start")
 	}
 
-	r := run(t, "cp", "--state", state, "--json", "--rate-limit", "40Mbit", "--deadline", "60s", "--slo-policy", pol,
+	// A fixed number of streams: with --streams auto, connections added
+	// mid-transfer send their priming traffic before bulk hands them to
+	// the tagger (Options.OnConn), unmarked.
+	r := run(t, "cp", "--state", state, "--json", "--streams", "4", "--rate-limit", "40Mbit", "--deadline", "60s", "--slo-policy", pol,
 		src, addr+":dst.bin")
 	if r.code != 0 {
 		t.Fatalf("cp: exit %d\n%s\nserve: %s", r.code, r.stderr, serveLog.String())
