@@ -80,7 +80,14 @@ type Volume struct {
 	baseMu     sync.Mutex
 	closed     atomic.Bool
 	written    atomic.Int64  // bytes written by clients since open
-	applied    atomic.Uint64 // last record fully applied (shipping stops there)
+	applied    atomic.Uint64 // last record logged and acknowledgeable (shipping stops there)
+	// asyncApply volumes (fresh CDP volumes) acknowledge a write once it
+	// is logged; the applier writes it to data.img in order, and reads of
+	// blocks not applied yet are served from the log.
+	asyncApply  bool
+	dataApplied atomic.Uint64 // last record whose effect is in data.img
+	applyKick   chan struct{}
+	applyMu     sync.Mutex // one applier at a time
 
 	remote   Remote
 	shipMu   sync.Mutex
@@ -148,7 +155,8 @@ func openVolume(ctx context.Context, m *Manager, dir string) (*Volume, error) {
 		m: m, dir: dir, logger: m.logger.With("volume", meta.Name), meta: meta,
 		size: meta.Size, blocks: uint64(meta.Size / bs),
 		allPresent: meta.Parent == nil && meta.RestoredFrom == nil,
-		shipCh:     make(chan struct{}), kick: make(chan struct{}, 1),
+		asyncApply: meta.Parent == nil && meta.RestoredFrom == nil && !meta.NoCDP && !meta.Replica,
+		shipCh:     make(chan struct{}), kick: make(chan struct{}, 1), applyKick: make(chan struct{}, 1),
 		lagHist: newLagRecorder(),
 	}
 	v.present = newBitmap(v.blocks)
@@ -222,21 +230,17 @@ func (v *Volume) replay() error {
 		v.present.set(b)
 	}
 	start := max(from, applied+1)
-	n := 0
-	for seq := start; seq < v.log.NextSeq(); {
-		recs, err := v.log.Records(seq, 16<<20)
-		if err != nil {
+	v.dataApplied.Store(start - 1)
+	v.applied.Store(v.log.NextSeq() - 1)
+	n, err := v.applyPending()
+	if err != nil {
+		if !v.asyncApply {
 			return fmt.Errorf("replaying log: %w", err)
 		}
-		for _, r := range recs {
-			if err := v.applyData(r); err != nil {
-				return fmt.Errorf("replaying record %d: %w", r.Seq, err)
-			}
-			n++
-		}
-		seq = recs[len(recs)-1].Seq + 1
+		// Reads of what is not applied are served from the log; the
+		// applier retries.
+		v.logger.Warn("replaying the log into the image stopped; reading through the log", "applied", v.dataApplied.Load(), "err", err)
 	}
-	v.applied.Store(v.log.NextSeq() - 1)
 	if n > 0 {
 		v.logger.Info("replayed CDP log into the volume", "records", n, "from", start)
 		if err := v.checkpoint(); err != nil {
@@ -245,6 +249,60 @@ func (v *Volume) replay() error {
 		}
 	}
 	return nil
+}
+
+// applyPending applies the logged records after dataApplied to data.img, in
+// order, and returns how many it applied.
+func (v *Volume) applyPending() (int, error) {
+	v.applyMu.Lock()
+	defer v.applyMu.Unlock()
+	n := 0
+	for {
+		from, to := v.dataApplied.Load()+1, v.applied.Load()
+		if from > to {
+			return n, nil
+		}
+		recs, err := v.log.Records(from, 8<<20)
+		if err != nil {
+			return n, err
+		}
+		for _, r := range recs {
+			if r.Seq > to {
+				break
+			}
+			if err := v.applyData(r); err != nil {
+				return n, fmt.Errorf("applying record %d: %w", r.Seq, err)
+			}
+			v.dataApplied.Store(r.Seq)
+			n++
+		}
+	}
+}
+
+func (v *Volume) applyLoop(ctx context.Context) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-v.applyKick:
+		case <-tick.C:
+		}
+		if _, err := v.applyPending(); err != nil {
+			if !failing {
+				v.logger.Error("applying the log to the volume image failed; reads go through the log", "err", err)
+			}
+			failing = true
+			sleepCtx(ctx, 200*time.Millisecond)
+			continue
+		}
+		if failing {
+			v.logger.Info("applying the log to the volume image works again")
+			failing = false
+		}
+	}
 }
 
 // applyData writes a record's effect to data.img.
@@ -283,9 +341,7 @@ func (v *Volume) checkpoint() error {
 	if v.data == nil {
 		return nil
 	}
-	v.wmu.Lock()
-	applied := v.log.NextSeq() - 1
-	v.wmu.Unlock()
+	applied := v.dataApplied.Load()
 	if err := v.data.Sync(); err != nil {
 		return fmt.Errorf("syncing volume image: %w", err)
 	}
@@ -338,10 +394,15 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 		return v.readAtSeq(ctx, p, off, v.log.NextSeq()-1)
 	}
 	if v.allPresent {
-		if _, err := v.data.ReadAt(p, off); err != nil {
-			return fmt.Errorf("reading volume image: %w", err)
+		if !v.asyncApply || v.dataApplied.Load() >= v.applied.Load() {
+			if _, err := v.data.ReadAt(p, off); err != nil {
+				return fmt.Errorf("reading volume image: %w", err)
+			}
+			return nil
 		}
-		return nil
+		return v.eachBlock(p, off, func(blk uint64, bp []byte) error {
+			return v.readLiveBlock(blk, bp)
+		})
 	}
 	return v.eachBlock(p, off, func(blk uint64, bp []byte) error {
 		if v.present.get(blk) {
@@ -504,6 +565,11 @@ func (v *Volume) writeLocked(ctx context.Context, p []byte, off int64) (uint64, 
 	if err != nil {
 		return 0, fmt.Errorf("logging write at %d: %w", off, err)
 	}
+	if v.asyncApply {
+		v.applied.Store(seq)
+		v.kickApply()
+		return seq, nil
+	}
 	if _, err := v.data.WriteAt(buf, a); err != nil {
 		if uerr := v.log.Unappend(seq); uerr != nil {
 			v.logger.Error("removing unapplied write from the log", "seq", seq, "err", uerr)
@@ -512,15 +578,39 @@ func (v *Volume) writeLocked(ctx context.Context, p []byte, off int64) (uint64, 
 	}
 	v.markPresent(uint64(a), uint64(e-a))
 	v.applied.Store(seq)
+	v.dataApplied.Store(seq)
 	return seq, nil
 }
 
+// readLiveBlock reads a block of an asyncApply volume: from the log if its
+// newest record is not applied to data.img yet, else from data.img.
+func (v *Volume) readLiveBlock(blk uint64, p []byte) error {
+	d := v.dataApplied.Load()
+	if seq := v.log.LatestSeq(blk, ^uint64(0)); seq > d {
+		if ok, err := v.log.ReadBlock(blk, seq, p); ok || err != nil {
+			return err
+		}
+	}
+	_, err := v.data.ReadAt(p, int64(blk*bs))
+	return err
+}
+
 func (v *Volume) readCurrentBlock(ctx context.Context, p []byte, off int64) error {
+	if v.asyncApply {
+		return v.readLiveBlock(uint64(off/bs), p)
+	}
 	if v.allPresent || v.present.get(uint64(off/bs)) {
 		_, err := v.data.ReadAt(p, off)
 		return err
 	}
 	return v.readBase(ctx, uint64(off/bs), 1, p)
+}
+
+func (v *Volume) kickApply() {
+	select {
+	case v.applyKick <- struct{}{}:
+	default:
+	}
 }
 
 func (v *Volume) markPresent(off, n uint64) {
@@ -553,12 +643,16 @@ func (v *Volume) Zero(ctx context.Context, off, n int64, fua bool) error {
 		if err == nil {
 			rec := cdplog.Record{Kind: cdplog.KindZero, Offset: uint64(a), Length: uint64(e - a)}
 			seq, err = v.log.Append(&rec)
-			if err == nil {
+			if err == nil && v.asyncApply {
+				v.applied.Store(seq)
+				v.kickApply()
+			} else if err == nil {
 				if err = zeroFile(v.data, a, e-a); err != nil {
 					v.log.Unappend(seq)
 				} else {
 					v.markPresent(uint64(a), uint64(e-a))
 					v.applied.Store(seq)
+					v.dataApplied.Store(seq)
 				}
 			}
 		}
@@ -606,6 +700,11 @@ func (v *Volume) appendPoint(kind cdplog.Kind, data []byte) (uint64, error) {
 		return 0, fmt.Errorf("logging %s: %w", kind, err)
 	}
 	v.applied.Store(seq)
+	if v.asyncApply {
+		v.kickApply()
+	} else {
+		v.dataApplied.Store(seq)
+	}
 	return seq, nil
 }
 
@@ -670,6 +769,10 @@ func (v *Volume) start(ctx context.Context) {
 		v.wg.Add(1)
 		go func() { defer v.wg.Done(); v.checkpointLoop(ctx) }()
 	}
+	if v.asyncApply {
+		v.wg.Add(1)
+		go func() { defer v.wg.Done(); v.applyLoop(ctx) }()
+	}
 	v.wg.Add(1)
 	go func() { defer v.wg.Done(); v.foldLoop(ctx) }()
 	if v.getMeta().Parent != nil {
@@ -722,6 +825,9 @@ func (v *Volume) Fold(before time.Time) (uint64, error) {
 	}
 	if v.getMeta().Parent != nil {
 		return 0, nil // base.img is still being filled from the source
+	}
+	if v.asyncApply {
+		maxSeq = min(maxSeq, v.dataApplied.Load())
 	}
 	apply := func(r cdplog.Record) error {
 		v.baseMu.Lock()
@@ -820,8 +926,16 @@ func (v *Volume) Close() error {
 	}
 	v.wg.Wait()
 	var errs []error
+	if v.asyncApply {
+		if _, err := v.applyPending(); err != nil {
+			v.logger.Warn("applying the log at close; it is replayed at the next open", "err", err)
+		}
+	}
 	if v.data != nil {
-		errs = append(errs, v.checkpoint())
+		if err := v.checkpoint(); err != nil {
+			// Not fatal: the log holds everything; replay starts earlier.
+			v.logger.Warn("checkpoint at close failed", "err", err)
+		}
 	}
 	if v.base != nil {
 		v.baseMu.Lock()

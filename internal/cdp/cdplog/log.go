@@ -44,6 +44,10 @@ type segment struct {
 	last  uint64 // last sequence number it holds; first-1 when empty
 	f     *os.File
 	size  int64
+	// synced is closed once a full (rolled) segment has been fsynced in
+	// the background; nil for the segment being written.
+	synced  chan struct{}
+	syncErr error
 }
 
 // Log is an open CDP log. It is safe for concurrent use.
@@ -244,9 +248,10 @@ func (l *Log) Append(r *Record) (uint64, error) {
 	}
 	s := l.segs[len(l.segs)-1]
 	if s.size >= l.opts.SegmentBytes {
-		if err := s.f.Sync(); err != nil {
-			return 0, fmt.Errorf("syncing full log segment: %w", err)
-		}
+		// The full segment is synced in the background; Sync waits for it.
+		done := make(chan struct{})
+		s.synced = done
+		go func() { s.syncErr = s.f.Sync(); close(done) }()
 		if err := l.newSegment(); err != nil {
 			return 0, err
 		}
@@ -255,10 +260,8 @@ func (l *Log) Append(r *Record) (uint64, error) {
 	l.buf = r.AppendBinary(l.buf[:0])
 	n, err := s.f.WriteAt(l.buf, s.size)
 	if err != nil {
-		if n > 0 {
-			if terr := s.f.Truncate(s.size); terr != nil {
-				l.logger.Error("truncating failed log append", "err", terr)
-			}
+		if terr := s.f.Truncate(s.size); terr != nil {
+			l.logger.Error("truncating failed log append", "err", terr)
 		}
 		return 0, fmt.Errorf("appending log record %d: %w", r.Seq, err)
 	}
@@ -310,7 +313,19 @@ func (l *Log) Unappend(seq uint64) error {
 func (l *Log) Sync() error {
 	l.mu.RLock()
 	s := l.segs[len(l.segs)-1]
+	var rolled []*segment
+	for _, o := range l.segs[:len(l.segs)-1] {
+		if o.synced != nil {
+			rolled = append(rolled, o)
+		}
+	}
 	l.mu.RUnlock()
+	for _, o := range rolled {
+		<-o.synced
+		if o.syncErr != nil {
+			return fmt.Errorf("syncing CDP log segment: %w", o.syncErr)
+		}
+	}
 	if err := s.f.Sync(); err != nil {
 		return fmt.Errorf("syncing CDP log: %w", err)
 	}
@@ -506,6 +521,9 @@ func (l *Log) Fold(before time.Time, maxSeq uint64, apply func(Record) error, co
 		}
 	}
 	for _, s := range l.segs[:n] {
+		if s.synced != nil {
+			<-s.synced
+		}
 		s.f.Close()
 		if err := os.Remove(filepath.Join(l.dir, segName(s.first))); err != nil {
 			return 0, fmt.Errorf("removing folded segment: %w", err)
@@ -523,6 +541,9 @@ func (l *Log) Fold(before time.Time, maxSeq uint64, apply func(Record) error, co
 
 func (l *Log) closeFiles() {
 	for _, s := range l.segs {
+		if s.synced != nil {
+			<-s.synced
+		}
 		s.f.Close()
 	}
 }
