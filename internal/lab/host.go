@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"syscall"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -56,10 +55,11 @@ func (h *Host) String() string { return h.ns + " (" + h.addr.String() + ")" }
 // (through `ip netns exec`), like exec.CommandContext. The caller starts
 // and waits for it; the lab kills it at Close if it is still running.
 func (h *Host) Run(ctx context.Context, name string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.ns, name}, args...)...)
-	// Dies with the test binary even when Close never runs.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	return cmd
+	// No parent-death signal: Go delivers it when the forking OS thread
+	// exits, which can be long before this process does. If the process
+	// dies without Close, the next lab's start-up kills what is left in
+	// the namespaces (see Cleanup).
+	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.ns, name}, args...)...)
 }
 
 // Do runs fn on an OS thread that is inside the host's namespace, and
