@@ -5,7 +5,8 @@
 #     each acknowledged with a netdiag.Ack, with the sender's connection
 #     unmonitored, monitored with netdiag.DefaultConfig, and monitored with
 #     every write kernel-timestamped; "off-again" repeats "off" to show the
-#     noise floor. Modes are interleaved; medians of RUNS runs.
+#     noise floor. Modes are interleaved, order rotated each run; medians
+#     of RUNS runs.
 #  2. iperf3 through `holdfast netdiag proxy`, plain (--no-measure) against
 #     measuring (defaults), with the proxy process's CPU time per GiB.
 #
@@ -75,8 +76,10 @@ for p in "$sport" "${pport[plain]}" "${pport[measure]}"; do
 done
 
 : >"$tmp/iperf.txt"
+modes=(direct plain measure)
 for r in $(seq "$IPERF_RUNS"); do
-	for mode in direct plain measure; do
+	for i in 0 1 2; do
+		mode=${modes[$(((i + r) % 3))]}
 		port=$sport
 		[ "$mode" != direct ] && port=${pport[$mode]}
 		before=0

@@ -7,8 +7,8 @@
 // log directory), monitored with every write kernel-timestamped
 // ("every-write"), or with TCP_INFO and message records but no kernel
 // timestamps ("tcpinfo"); "off-again" repeats "off" to show the noise
-// floor. Modes are interleaved run by run; it prints one line per run and a
-// table of medians with ratios against "off".
+// floor. Modes are interleaved run by run, in an order rotated each run; it
+// prints one line per run and a table of medians with ratios against "off".
 package main
 
 import (
@@ -63,8 +63,11 @@ func main() {
 	}
 	defer os.RemoveAll(dir)
 	var all []result
+	list := strings.Split(*modes, ",")
 	for r := range *runs {
-		for _, mode := range strings.Split(*modes, ",") {
+		// Rotate the order each run so that no mode always runs first.
+		for i := range list {
+			mode := list[(i+r)%len(list)]
 			res, err := run(context.Background(), mode, *total, *msg, dir, log)
 			if err != nil {
 				fatal(fmt.Errorf("run %d mode %s: %w", r, mode, err))
