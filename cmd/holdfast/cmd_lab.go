@@ -62,7 +62,7 @@ func newLabUpCommand() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&o.name, "name", "cli", "lab name; hosts are namespaces hflab-<name>-h<i>")
 	f.IntVar(&o.hosts, "hosts", 2, "number of hosts")
-	f.StringVar(&o.path, "path", "", `whole path description, e.g. "rate 200Mbit, rtt 100ms, loss 0.1%, queue 64KiB" (the flags below add to it)`)
+	f.StringVar(&o.path, "path", "", `whole path description, e.g. "rate 200Mbit, rtt 100ms, loss 0.1%, queue 64KiB" (--rate, --rtt, --loss… add to it)`)
 	f.StringVar(&o.rate, "rate", "", "bottleneck rate, e.g. 200Mbit (default: unlimited)")
 	f.StringVar(&o.rtt, "rtt", "", "round-trip time, e.g. 100ms")
 	f.StringVar(&o.delay, "delay", "", "one-way delay, e.g. 50ms (instead of --rtt)")
