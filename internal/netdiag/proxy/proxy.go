@@ -58,6 +58,10 @@ type Config struct {
 	BufferSize int
 	// DialTimeout bounds connecting to To.
 	DialTimeout time.Duration
+	// Dial, if set, connects to To instead of a net.Dialer (tests use it to
+	// dial from inside a lab host's network namespace). It must return a
+	// *net.TCPConn.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // DefaultConfig returns a measuring proxy configuration from listen to to.
@@ -162,13 +166,24 @@ type leg interface {
 }
 
 func (p *Proxy) handle(ctx context.Context, client *net.TCPConn) error {
-	d := net.Dialer{Timeout: p.cfg.DialTimeout}
-	sc, err := d.DialContext(ctx, "tcp", p.cfg.To)
+	dctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
+	defer cancel()
+	dial := p.cfg.Dial
+	if dial == nil {
+		var d net.Dialer
+		dial = d.DialContext
+	}
+	sc, err := dial(dctx, "tcp", p.cfg.To)
 	if err != nil {
 		client.Close()
 		return fmt.Errorf("connecting to %s: %w", p.cfg.To, err)
 	}
-	server := sc.(*net.TCPConn)
+	server, ok := sc.(*net.TCPConn)
+	if !ok {
+		client.Close()
+		sc.Close()
+		return fmt.Errorf("connecting to %s: got a %T, not a TCP connection", p.cfg.To, sc)
+	}
 	var cl, sl leg = client, server
 	if p.cfg.Measure {
 		ccfg := p.cfg.Monitor
