@@ -110,3 +110,14 @@ func ExampleCleanup() {
 	removed, err := lab.Cleanup(slog.Default())
 	fmt.Println(removed, err)
 }
+
+func ExampleParsePairPath() {
+	pp, err := lab.ParsePairPath("0>2: rtt 300ms, loss 2%, lossburst 3")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println(pp.A, pp.B, pp.OneWay, pp.Path)
+	// Output:
+	// 0 2 true delay 150ms, loss 2%, lossburst 3
+}
