@@ -79,7 +79,7 @@ func run(runs int, pathText, jsonOut string, verbose bool) error {
 		StopWhenDone: true, RunFor: 26 * time.Second,
 	}
 	ahead := slolab.Scenario{
-		Policy: p, Deadline: 180 * time.Second, Size: 12_000_000,
+		Policy: p, Deadline: 300 * time.Second, Size: 12_000_000,
 		TaskConns: 4, Competitors: 2, CompetitorConns: 1, Warmup: time.Second,
 		RunFor: 12 * time.Second,
 	}
@@ -92,7 +92,7 @@ func run(runs int, pathText, jsonOut string, verbose bool) error {
 		{"deadline", deadline, []mode{{"untagged", false, ""}, {"static " + top, false, top}, {"dynamic", true, ""}},
 			"8 MB task (2 connections), deadline 16 s, against 2 untagged bulk flows x 3 connections"},
 		{"ahead", ahead, []mode{{"untagged", false, ""}, {"dynamic", true, ""}},
-			"12 MB task (4 connections), deadline 180 s, against 2 untagged bulk flows x 1 connection; rates over 7-12 s after the start (the tagged task drops to scavenger at about 5.5 s)"},
+			"12 MB task (4 connections), deadline 300 s, against 2 untagged bulk flows x 1 connection; rates over 7-12 s after the start (the tagged task drops to scavenger at about 5.5 s)"},
 	}
 	var all []row
 	fmt.Printf("# slo bench %s, path %q, weighted classes %v (scavenger..%s), %d runs, medians\n",

@@ -170,7 +170,7 @@ func TestDeadlineMetTaggedMissedUntagged(t *testing.T) {
 }
 
 // TestAheadDropsToScavenger: a task far ahead of its deadline (6 MB in
-// 90 s over four connections, over IPv6) is lowered to scavenger after
+// 180 s over four connections, over IPv6) is lowered to scavenger after
 // the hold time, and the two competing flows get more of the link.
 func TestAheadDropsToScavenger(t *testing.T) {
 	needLab(t)
@@ -181,7 +181,7 @@ func TestAheadDropsToScavenger(t *testing.T) {
 	}
 	logger := slog.New(slog.NewTextHandler(logWriter{t}, nil))
 	sc := slolab.Scenario{
-		Policy: p, Deadline: 90 * time.Second, Size: 6_000_000,
+		Policy: p, Deadline: 180 * time.Second, Size: 6_000_000,
 		TaskConns: 4, Competitors: 2, CompetitorConns: 1, Warmup: time.Second,
 		Tagged: true, IPv6: true, RunFor: 11 * time.Second,
 		Capture: filepath.Join(t.TempDir(), "ahead.pcap"),

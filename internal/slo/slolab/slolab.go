@@ -181,12 +181,16 @@ func Run(ctx context.Context, l *lab.Lab, sc Scenario, logger *slog.Logger) (Res
 	sc.CompetitorConns = max(sc.CompetitorConns, 1)
 	src, dst := l.Host(0), l.Host(1)
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var closers []io.Closer
+	var wg sync.WaitGroup
+	// On every return: stop the senders (closing their sockets unblocks
+	// their writes), then wait for them.
 	defer func() {
+		cancel()
 		for _, c := range closers {
 			c.Close()
 		}
+		wg.Wait()
 	}()
 
 	// Receivers: one listener per flow, counting bytes.
@@ -229,8 +233,6 @@ func Run(ctx context.Context, l *lab.Lab, sc Scenario, logger *slog.Logger) (Res
 	}
 
 	// Senders.
-	var wg sync.WaitGroup
-	defer wg.Wait()
 	send := func(c net.Conn, claim func() int) {
 		defer wg.Done()
 		buf := make([]byte, chunk)
