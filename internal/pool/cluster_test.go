@@ -51,6 +51,7 @@ func testConfig(k, m int, capacity int64) Config {
 	c.ProofInterval = Duration{time.Hour} // tests call ProveAll
 	c.DeadAfter = Duration{1500 * time.Millisecond}
 	c.CallTimeout = Duration{5 * time.Second}
+	c.Gossip = "local"
 	return c
 }
 

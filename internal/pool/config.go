@@ -59,6 +59,10 @@ type Config struct {
 	DeadAfter Duration `toml:"dead_after"`
 	// CallTimeout bounds one call to a peer.
 	CallTimeout Duration `toml:"call_timeout"`
+	// Gossip is how agents learn each other's pool (capacity, free space,
+	// failure domain) and health: "lan" or "local" (memberlist timings)
+	// over the agents' mTLS sessions, or "off" (poll each peer every round).
+	Gossip string `toml:"gossip"`
 }
 
 // Duration is a time.Duration written as text ("30s").
@@ -88,6 +92,7 @@ func DefaultConfig() Config {
 		ProofsPerPeer: 4,
 		DeadAfter:     Duration{2 * time.Minute},
 		CallTimeout:   Duration{60 * time.Second},
+		Gossip:        "lan",
 	}
 }
 
@@ -120,6 +125,11 @@ func (c *Config) Validate() error {
 	}
 	if c.CallTimeout.Duration < 100*time.Millisecond {
 		errs = append(errs, fmt.Errorf("call_timeout %v: must be at least 100ms", c.CallTimeout))
+	}
+	switch c.Gossip {
+	case "lan", "local", "off":
+	default:
+		errs = append(errs, fmt.Errorf("gossip %q: want lan, local or off", c.Gossip))
 	}
 	return errors.Join(errs...)
 }
@@ -157,7 +167,7 @@ func WriteConfig(stateDir string, c Config) error {
 		return err
 	}
 	b := fmt.Appendf(nil, configTemplate, c.Dir, c.Capacity, c.K, c.M, c.DomainLabel,
-		c.ScanInterval.String(), c.ProofInterval.String(), c.ProofsPerPeer, c.DeadAfter.String(), c.CallTimeout.String())
+		c.ScanInterval.String(), c.ProofInterval.String(), c.ProofsPerPeer, c.DeadAfter.String(), c.CallTimeout.String(), c.Gossip)
 	return peer.WriteFileAtomic(filepath.Join(stateDir, ConfigFile), b)
 }
 
@@ -181,6 +191,9 @@ proofs_per_peer = %d
 dead_after = %q
 # Bound on one call to a peer.
 call_timeout = %q
+# How agents learn each other's pool and health: "lan" or "local"
+# (memberlist gossip over the agents' mTLS sessions), or "off" (poll).
+gossip = %q
 `
 
 // ParseSize parses a byte size: a number with an optional unit (B, KB,

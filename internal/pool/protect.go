@@ -104,11 +104,35 @@ func (s *Service) connected() map[string]bool {
 	return out
 }
 
-// refreshPeers asks every connected peer for its pool information.
+// refreshPeers learns every connected peer's pool information: from
+// gossip for members it reports alive, else by asking the peer.
 func (s *Service) refreshPeers(ctx context.Context) {
 	conn := s.connected()
+	fromGossip := map[string]bool{}
+	if s.g != nil {
+		_ = s.g.UpdateMeta()
+		now := time.Now()
+		s.mu.Lock()
+		for _, m := range s.g.Members() {
+			var info peer.PoolInfo
+			if m.Name == s.a.Name() || !conn[m.Name] || json.Unmarshal(m.Meta, &info) != nil || info.Name != m.Name {
+				continue
+			}
+			fromGossip[m.Name] = true
+			if m.Alive {
+				s.infos[m.Name] = info
+				s.lastUp[m.Name] = now
+			} else {
+				delete(s.infos, m.Name)
+			}
+		}
+		s.mu.Unlock()
+	}
 	var wg sync.WaitGroup
 	for p := range conn {
+		if fromGossip[p] {
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

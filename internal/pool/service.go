@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/holdfast/holdfast/internal/agent"
+	"github.com/holdfast/holdfast/internal/membership"
 	"github.com/holdfast/holdfast/internal/peer"
 	"github.com/holdfast/holdfast/internal/wire"
 	bolt "go.etcd.io/bbolt"
@@ -42,6 +43,7 @@ type Service struct {
 	st   *peer.Store
 	c    *peer.Codec
 	met  *poolMetrics
+	g    *membership.Gossip // nil when gossip is off
 
 	mu        sync.Mutex
 	m         *peer.ShardMap
@@ -119,6 +121,19 @@ func (s *Service) Register(a *agent.Agent, wm *wire.Mux, api *http.ServeMux) err
 	}
 	if _, err := s.scanLocalUsage(); err != nil {
 		return err
+	}
+	if s.cfg.Gossip != "off" {
+		gc := membership.DefaultConfig()
+		gc.Local = s.cfg.Gossip == "local"
+		gc.Meta = s.gossipMeta
+		if gc.Local {
+			gc.JoinInterval = time.Second
+		}
+		g, err := membership.New(a, wm, gc)
+		if err != nil {
+			return err
+		}
+		s.g = g
 	}
 	s.registerWire(wm)
 	s.registerAPI(api)
@@ -270,6 +285,15 @@ func (s *Service) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); s.proofLoop(ctx) }()
+	if s.g != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.g.Run(ctx); err != nil {
+				s.log.Error("gossip stopped; polling peers instead", "err", err)
+			}
+		}()
+	}
 	defer wg.Wait()
 	t := time.NewTicker(s.cfg.ScanInterval.Duration)
 	defer t.Stop()
@@ -313,4 +337,10 @@ func (s *Service) callJSON(ctx context.Context, p string, t wire.MsgType, req, r
 		return fmt.Errorf("decoding answer of %s: %w", p, err)
 	}
 	return nil
+}
+
+// gossipMeta is the record gossip spreads about this agent's pool.
+func (s *Service) gossipMeta() []byte {
+	b, _ := json.Marshal(s.Info())
+	return b
 }
