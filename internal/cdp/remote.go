@@ -264,21 +264,19 @@ func (m *Manager) handleAppend(payload []byte) ([]byte, error) {
 func (v *Volume) appendReplica(recs []cdplog.Record) (uint64, error) {
 	v.wmu.Lock()
 	defer v.wmu.Unlock()
-	added := 0
-	for i := range recs {
-		next := v.log.NextSeq()
-		if recs[i].Seq < next {
-			continue
-		}
-		if recs[i].Seq > next {
-			break
-		}
-		if _, err := v.log.Append(&recs[i]); err != nil {
-			return 0, fmt.Errorf("storing replica record %d: %w", recs[i].Seq, err)
-		}
-		added++
+	next := v.log.NextSeq()
+	i := 0
+	for i < len(recs) && recs[i].Seq < next {
+		i++ // already held
 	}
-	if added > 0 {
+	j := i
+	for j < len(recs) && recs[j].Seq == next+uint64(j-i) {
+		j++ // contiguous; a gap ends the batch
+	}
+	if j > i {
+		if err := v.log.AppendBatch(recs[i:j]); err != nil {
+			return 0, fmt.Errorf("storing replica records %d..%d: %w", recs[i].Seq, recs[j-1].Seq, err)
+		}
 		if err := v.log.Sync(); err != nil {
 			return 0, err
 		}

@@ -224,3 +224,63 @@ func FuzzDecodeRecord(f *testing.F) {
 		}
 	})
 }
+
+// TestRecordsAcrossSegmentsAndAppendBatch reads records spanning segments
+// in batches and replays them into a second log (as a replica does).
+func TestRecordsAcrossSegmentsAndAppendBatch(t *testing.T) {
+	src, err := Open(t.TempDir(), 1, Options{SegmentBytes: 3 * BlockSize}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	for i := 0; i < 12; i++ {
+		r := Record{Kind: KindWrite, Offset: uint64(i) * BlockSize, Length: BlockSize, Data: block(byte(i+1), 1)}
+		if i%4 == 3 {
+			r = Record{Kind: KindMark, Data: []byte("m")}
+		}
+		if _, err := src.Append(&r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dstDir := t.TempDir()
+	dst, err := Open(dstDir, 1, Options{SegmentBytes: 5 * BlockSize}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for from := uint64(1); from < src.NextSeq(); {
+		recs, err := src.Records(from, 2*BlockSize)
+		if err != nil || len(recs) == 0 || recs[0].Seq != from {
+			t.Fatalf("records from %d: %d %v", from, len(recs), err)
+		}
+		if err := dst.AppendBatch(recs); err != nil {
+			t.Fatal(err)
+		}
+		from = recs[len(recs)-1].Seq + 1
+	}
+	gap := []Record{{Seq: dst.NextSeq() + 1, Kind: KindFlush}}
+	if err := dst.AppendBatch(gap); !errors.Is(err, ErrNotHeld) {
+		t.Fatalf("batch with a gap: %v", err)
+	}
+	dst.Close()
+	dst, err = Open(dstDir, 1, Options{}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	if dst.NextSeq() != 13 {
+		t.Fatalf("replica ends at %d", dst.NextSeq())
+	}
+	p := make([]byte, BlockSize)
+	for i := uint64(0); i < 12; i++ {
+		ok, err := dst.ReadBlock(i, 12, p)
+		if i%4 == 3 {
+			if ok {
+				t.Fatalf("block %d written by a mark?", i)
+			}
+			continue
+		}
+		if !ok || err != nil || p[0] != byte(i+1) {
+			t.Fatalf("block %d: ok %v err %v val %d", i, ok, err, p[0])
+		}
+	}
+}
