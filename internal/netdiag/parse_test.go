@@ -209,7 +209,7 @@ func FuzzDecodeRecord(f *testing.F) {
 
 func TestRecorderRotatesAndBounds(t *testing.T) {
 	dir := t.TempDir()
-	cfg := RecorderConfig{Dir: dir, MaxFileBytes: MinMaxFileBytes, MaxTotalBytes: 4 * MinMaxFileBytes, Buffer: 100000}
+	cfg := RecorderConfig{Dir: dir, MaxFileBytes: MinMaxFileBytes, MaxTotalBytes: 4 * MinMaxFileBytes, Buffer: 100000, FlushInterval: time.Millisecond}
 	rec, err := NewRecorder(cfg, testLogger(t))
 	if err != nil {
 		t.Fatal(err)

@@ -27,6 +27,8 @@ const (
 	// DefaultRecordBuffer is how many records may wait for the writer before
 	// new ones are dropped (and counted) rather than stall the data path.
 	DefaultRecordBuffer = 16384
+	// DefaultFlushInterval is how often the log buffer is written out.
+	DefaultFlushInterval = 200 * time.Millisecond
 	// logPrefix and logSuffix name the log files: netdiag-<ns>-<pid>.jsonl.
 	logPrefix = "netdiag-"
 	logSuffix = ".jsonl"
@@ -42,11 +44,15 @@ type RecorderConfig struct {
 	MaxTotalBytes int64
 	// Buffer is the number of records queued for the writer.
 	Buffer int
+	// FlushInterval is how often buffered records are written to the file
+	// (a crash loses at most this much; Close writes everything).
+	FlushInterval time.Duration
 }
 
 // DefaultRecorderConfig returns the default limits for dir.
 func DefaultRecorderConfig(dir string) RecorderConfig {
-	return RecorderConfig{Dir: dir, MaxFileBytes: DefaultMaxFileBytes, MaxTotalBytes: DefaultMaxTotalBytes, Buffer: DefaultRecordBuffer}
+	return RecorderConfig{Dir: dir, MaxFileBytes: DefaultMaxFileBytes, MaxTotalBytes: DefaultMaxTotalBytes,
+		Buffer: DefaultRecordBuffer, FlushInterval: DefaultFlushInterval}
 }
 
 // Validate reports invalid limits.
@@ -60,6 +66,9 @@ func (c RecorderConfig) Validate() error {
 	}
 	if c.MaxTotalBytes < 2*c.MaxFileBytes {
 		errs = append(errs, fmt.Errorf("MaxTotalBytes %d: must be at least twice MaxFileBytes (%d)", c.MaxTotalBytes, c.MaxFileBytes))
+	}
+	if c.FlushInterval <= 0 {
+		errs = append(errs, fmt.Errorf("FlushInterval %v: must be positive", c.FlushInterval))
 	}
 	if c.Buffer < 1 {
 		errs = append(errs, fmt.Errorf("Buffer %d: must be at least 1", c.Buffer))
@@ -147,37 +156,49 @@ func (r *Recorder) Close() error {
 
 func (r *Recorder) writer() {
 	defer close(r.done)
+	flush := time.NewTicker(r.cfg.FlushInterval)
+	defer flush.Stop()
+	dirty := false
 	var line []byte
-	for rec := range r.ch {
-		if r.err != nil {
-			continue
-		}
-		var err error
-		line, err = json.Marshal(rec)
-		if err != nil {
-			r.err = fmt.Errorf("encoding netdiag record: %w", err)
-			continue
-		}
-		line = append(line, '\n')
-		if r.size+int64(len(line)) > r.cfg.MaxFileBytes && r.size > 0 {
-			if err := r.rotate(); err != nil {
-				r.err = err
+	for {
+		select {
+		case rec, ok := <-r.ch:
+			if !ok {
+				if err := r.closeFile(); err != nil && r.err == nil {
+					r.err = err
+				}
+				return
+			}
+			if r.err != nil {
 				continue
 			}
-		}
-		n, err := r.bw.Write(line)
-		r.size += int64(n)
-		if err != nil {
-			r.err = fmt.Errorf("writing netdiag log %s: %w", r.f.Name(), err)
-		}
-		if len(r.ch) == 0 {
-			if err := r.bw.Flush(); err != nil && r.err == nil {
+			var err error
+			line, err = json.Marshal(rec)
+			if err != nil {
+				r.err = fmt.Errorf("encoding netdiag record: %w", err)
+				continue
+			}
+			line = append(line, '\n')
+			if r.size+int64(len(line)) > r.cfg.MaxFileBytes && r.size > 0 {
+				if err := r.rotate(); err != nil {
+					r.err = err
+					continue
+				}
+			}
+			n, err := r.bw.Write(line)
+			r.size += int64(n)
+			dirty = true
+			if err != nil {
 				r.err = fmt.Errorf("writing netdiag log %s: %w", r.f.Name(), err)
 			}
+		case <-flush.C:
+			if dirty && r.err == nil {
+				if err := r.bw.Flush(); err != nil {
+					r.err = fmt.Errorf("writing netdiag log %s: %w", r.f.Name(), err)
+				}
+				dirty = false
+			}
 		}
-	}
-	if err := r.closeFile(); err != nil && r.err == nil {
-		r.err = err
 	}
 }
 
