@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -146,8 +147,13 @@ func (s *Service) registerRepoAPI(api *http.ServeMux) {
 		if !ok {
 			return
 		}
+		t := backend.FileType(r.PathValue("type"))
+		if t == backend.ConfigFile || !slices.Contains(backend.AllTypes, t) {
+			agent.WriteError(w, http.StatusBadRequest, fmt.Errorf("cannot list file type %q", t))
+			return
+		}
 		out := []backend.FileInfo{}
-		err := b.List(r.Context(), backend.FileType(r.PathValue("type")), func(fi backend.FileInfo) error {
+		err := b.List(r.Context(), t, func(fi backend.FileInfo) error {
 			out = append(out, fi)
 			return nil
 		})

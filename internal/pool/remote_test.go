@@ -1,0 +1,82 @@
+package pool
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/holdfast/holdfast/internal/repo"
+	"github.com/holdfast/holdfast/internal/repo/backend"
+)
+
+// TestBackupClientThroughAgentAPI backs up through the agent's API (what
+// `holdfast backup --server` does), restores through it, and checks that
+// bad requests are refused and that the backup gets its peer version.
+func TestBackupClientThroughAgentAPI(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, []string{"e", "a", "b"}, func(string) Config { return testConfig(1, 1, 64<<20) })
+	a := c.nodes["a"]
+	be, err := DialAgentBackend(a.dir, "", "client1", testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer be.Close()
+	r, err := repo.Init(ctx, be, testPass, testInitOptions(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join(t.TempDir(), "src")
+	makeTree(t, src, 9, 1<<20)
+	sn, _, err := r.Backup(ctx, []string{src}, repo.BackupOptions{Hostname: "client1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := t.TempDir()
+	if _, err := r.Restore(ctx, sn.ID, target, repo.RestoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	treesEqual(t, src, filepath.Join(target, "src"))
+	// The files landed in a's local portion, and get protected.
+	if hits := grepTree(t, a.svc.LocalRepoDir("client1"), []byte(marker)); len(hits) != 0 {
+		t.Errorf("the agent's copy holds plaintext: %v", hits)
+	}
+	waitProtected(t, a, 1, 20*time.Second)
+
+	// Bad requests: a missing file is ErrNotExist; odd names are refused.
+	if _, err := be.Load(ctx, backend.Handle{Type: backend.PackFile, Name: "0000"}, 0, 0); !errors.Is(err, backend.ErrNotExist) {
+		t.Errorf("loading a missing pack: %v", err)
+	}
+	hc := be.hc
+	for _, u := range []string{
+		"http://agent/v1/pool/repos/client1/list/..",
+		"http://agent/v1/pool/repos/client1/list/config",
+		"http://agent/v1/pool/repos/..%2Fx/list/data",
+		"http://agent/v1/pool/repos/client1/files/data/a%2Fb",
+	} {
+		resp, err := hc.Get(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode/100 == 2 {
+			t.Errorf("GET %s: %s, want a refusal", u, resp.Status)
+		}
+	}
+	// A write that does not fit in the pool is refused as pool full.
+	big := bytes.Repeat([]byte{1}, 70<<20)
+	req, _ := http.NewRequestWithContext(ctx, "PUT", "http://agent/v1/pool/repos/client1/files/data/"+strings.Repeat("ab", 32), bytes.NewReader(big))
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusInsufficientStorage {
+		t.Errorf("oversized write: %s, want 507", resp.Status)
+	}
+}
