@@ -263,3 +263,36 @@ func mustCreate(t *testing.T, m *Manager, name string, size int64) *Volume {
 	}
 	return v
 }
+
+// TestRetentionFoldsInTheBackground sets a short window: the log is folded
+// without being asked, and the volume still reads back its content.
+func TestRetentionFoldsInTheBackground(t *testing.T) {
+	ctx := context.Background()
+	cfg := testConfig(shortDir(t))
+	cfg.SegmentBytes = 1 << 20
+	cfg.Retention = 100 * time.Millisecond
+	cfg.FoldInterval = 50 * time.Millisecond
+	s := startSite(t, cfg, nil)
+	v := mustCreate(t, s.m, "vol", 4<<20)
+	want := make([]byte, 4<<20)
+	for i := 0; i < 64; i++ {
+		p := bytes.Repeat([]byte{byte(i + 1)}, 64<<10)
+		if err := v.WriteAt(ctx, p, int64(i%64)*64<<10, false); err != nil {
+			t.Fatal(err)
+		}
+		copy(want[int64(i%64)*64<<10:], p)
+	}
+	waitFor(t, "background fold", 10*time.Second, func() bool { in, _ := s.m.Get(ctx, "vol"); return in.FoldSeq > 0 })
+	in, _ := s.m.Get(ctx, "vol")
+	if in.LogBytes > 2<<20 {
+		t.Fatalf("log still holds %d bytes after folding", in.LogBytes)
+	}
+	if _, err := s.m.Restore(ctx, RestoreOptions{Name: "vol", At: "now", As: "now"}); err != nil {
+		t.Fatal(err)
+	}
+	rv, _ := s.m.Volume("now")
+	got := make([]byte, len(want))
+	if err := rv.ReadAt(ctx, got, 0); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("restore of now after folding differs (err %v)", err)
+	}
+}
