@@ -8,7 +8,9 @@
 // ("every-write"), or with TCP_INFO and message records but no kernel
 // timestamps ("tcpinfo"); "off-again" repeats "off" to show the noise
 // floor. Modes are interleaved run by run, in an order rotated each run; it
-// prints one line per run and a table of medians with ratios against "off".
+// prints one line per run and a table of medians, with each mode's ratio to
+// "off" taken within each run (paired) and summarised by median and
+// interquartile range.
 package main
 
 import (
@@ -33,6 +35,7 @@ import (
 const hdrSize = 12
 
 type result struct {
+	run     int
 	mode    string
 	seconds float64
 	cpu     float64 // process CPU seconds (user+sys)
@@ -72,49 +75,66 @@ func main() {
 			if err != nil {
 				fatal(fmt.Errorf("run %d mode %s: %w", r, mode, err))
 			}
+			res.run = r
 			fmt.Printf("run %d %-8s %6.3f s  %7.2f MiB/s  cpu %6.3f s\n", r+1, mode, res.seconds, float64(res.bytes)/res.seconds/(1<<20), res.cpu)
 			all = append(all, res)
 		}
 	}
 	fmt.Println()
-	fmt.Printf("%-8s %12s %10s %14s %10s\n", "mode", "MiB/s (p50)", "vs off", "CPU s/GiB p50", "vs off")
-	var baseT, baseC float64
-	for _, mode := range strings.Split(*modes, ",") {
-		var tp, cpu []float64
-		for _, r := range all {
-			if r.mode == mode {
-				tp = append(tp, float64(r.bytes)/r.seconds/(1<<20))
-				cpu = append(cpu, r.cpu/(float64(r.bytes)/(1<<30)))
+	// Ratios are paired: each run's figure over "off" in the same run (the
+	// modes of one run are adjacent in time, so slow swings of the machine's
+	// load cancel), then the median and quartiles of those ratios.
+	fmt.Printf("%-12s %12s %22s %14s %22s\n", "mode", "MiB/s (p50)", "vs off p50 [IQR]", "CPU s/GiB p50", "vs off p50 [IQR]")
+	for _, mode := range list {
+		var tp, cpu, rt, rc []float64
+		for r := range *runs {
+			m, base := find(all, r, mode), find(all, r, "off")
+			tp = append(tp, m.rate())
+			cpu = append(cpu, m.cpuPerGiB())
+			if base != nil {
+				rt = append(rt, m.rate()/base.rate())
+				rc = append(rc, m.cpuPerGiB()/base.cpuPerGiB())
 			}
 		}
-		mt, mc := median(tp), median(cpu)
-		if mode == "off" {
-			baseT, baseC = mt, mc
+		st, sc := "-", "-"
+		if mode != "off" && len(rt) > 0 {
+			st = fmt.Sprintf("%.3f [%.2f-%.2f]", quantile(rt, 0.5), quantile(rt, 0.25), quantile(rt, 0.75))
+			sc = fmt.Sprintf("%.3f [%.2f-%.2f]", quantile(rc, 0.5), quantile(rc, 0.25), quantile(rc, 0.75))
 		}
-		rt, rc := "-", "-"
-		if baseT > 0 && mode != "off" {
-			rt = fmt.Sprintf("%.3f", mt/baseT)
-			rc = fmt.Sprintf("%.3f", mc/baseC)
-		}
-		fmt.Printf("%-8s %12.1f %10s %14.3f %10s\n", mode, mt, rt, mc, rc)
+		fmt.Printf("%-12s %12.1f %22s %14.3f %22s\n", mode, quantile(tp, 0.5), st, quantile(cpu, 0.5), sc)
 	}
 }
 
-func fatal(err error) {
-	fmt.Fprintln(os.Stderr, "stream:", err)
-	os.Exit(1)
+func find(all []result, run int, mode string) *result {
+	for i := range all {
+		if all[i].run == run && all[i].mode == mode {
+			return &all[i]
+		}
+	}
+	return nil
 }
 
-func median(xs []float64) float64 {
+func (r result) rate() float64      { return float64(r.bytes) / r.seconds / (1 << 20) }
+func (r result) cpuPerGiB() float64 { return r.cpu / (float64(r.bytes) / (1 << 30)) }
+
+// quantile returns the q-quantile of xs by linear interpolation.
+func quantile(xs []float64, q float64) float64 {
 	s := slices.Clone(xs)
 	slices.Sort(s)
 	if len(s) == 0 {
 		return 0
 	}
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
+	pos := q * float64(len(s)-1)
+	i := int(pos)
+	if i+1 >= len(s) {
+		return s[len(s)-1]
 	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+	return s[i] + (pos-float64(i))*(s[i+1]-s[i])
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "stream:", err)
+	os.Exit(1)
 }
 
 func cpuSeconds() float64 {
