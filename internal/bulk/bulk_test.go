@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/holdfast/holdfast/internal/cluster"
+	"github.com/holdfast/holdfast/internal/lab"
 )
 
 type tWriter struct{ t testing.TB }
@@ -35,6 +36,7 @@ type pair struct {
 	addr   string
 	root   string
 	id     *cluster.Identity
+	lab    *lab.Lab // nil on loopback
 }
 
 // newPair starts a Service on loopback under a fresh root and a Client of
@@ -233,4 +235,48 @@ func TestStreamNonSeekable(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustEqualFile(t, filepath.Join(p.root, "stream.out"), data)
+}
+
+// BenchmarkLoopback copies a 256 MiB file over loopback (for profiling the
+// data path: go test -bench Loopback -cpuprofile cpu.out).
+var benchOpts = Options{Streams: 4}
+
+func BenchmarkLoopback(b *testing.B) {
+	t := &testing.T{}
+	_ = t
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	id, err := cluster.Init(b.TempDir(), "alpha")
+	if err != nil {
+		b.Fatal(err)
+	}
+	root := b.TempDir()
+	svc, _ := NewService(ServiceConfig{Root: root, Logger: log})
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go Serve(ctx, ln, id, svc, log)
+	cl, _ := NewClient(ClientConfig{TLS: id.ClientTLS(log), Node: id.Name, Logger: log})
+	defer cl.Close()
+	src := "/tmp/bulk-bench-256m"
+	if fi, err := os.Stat(src); err != nil || fi.Size() != 256<<20 {
+		writeRandom(b, src, 256<<20)
+	}
+	b.SetBytes(256 << 20)
+	b.ResetTimer()
+	var r0, r1 syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &r0)
+	for i := 0; i < b.N; i++ {
+		if _, err := cl.SendFiles(ctx, ln.Addr().String(), []string{src}, "out", benchOpts); err != nil {
+			b.Fatal(err)
+		}
+	}
+	syscall.Getrusage(syscall.RUSAGE_SELF, &r1)
+	cpu := time.Duration(r1.Utime.Nano() + r1.Stime.Nano() - r0.Utime.Nano() - r0.Stime.Nano())
+	b.ReportMetric(cpu.Seconds()/(float64(b.N)*256*(1<<20)/1e9), "cpu-s/GB")
+}
+
+func BenchmarkLoopbackNoPace(b *testing.B) {
+	benchOpts = Options{Streams: 4, NoPace: true}
+	defer func() { benchOpts = Options{Streams: 4} }()
+	BenchmarkLoopback(b)
 }

@@ -5,19 +5,23 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/holdfast/holdfast/internal/lab"
 	"github.com/holdfast/holdfast/internal/pace"
 )
 
 // TestKilledConnectionSurvived closes one connection's socket in the middle
 // of a transfer: the transfer must finish on the others, byte for byte.
-func TestKilledConnectionSurvived(t *testing.T) {
-	p := newPair(t)
+func TestKilledConnectionSurvived(t *testing.T) { envs(t, testPath, killedConnection) }
+
+// testPath is the lab path of the fault tests: small enough to be quick.
+var testPath = lab.Path{Rate: 100e6, Delay: 10 * time.Millisecond}
+
+func killedConnection(t *testing.T, p *pair) {
 	src := filepath.Join(t.TempDir(), "f")
 	data := writeRandom(t, src, 24<<20)
 	var mu sync.Mutex
@@ -71,16 +75,17 @@ func TestKilledConnectionSurvived(t *testing.T) {
 // TestSlowConnectionLeftOut slows one connection with the kernel's pacing
 // cap (a real slow path for that socket only): the scheduler must leave it
 // out and let the others carry the transfer.
-func TestSlowConnectionLeftOut(t *testing.T) {
-	p := newPair(t)
+func TestSlowConnectionLeftOut(t *testing.T) { envs(t, testPath, slowConnection) }
+
+func slowConnection(t *testing.T, p *pair) {
 	src := filepath.Join(t.TempDir(), "f")
-	data := writeRandom(t, src, 48<<20)
+	data := writeRandom(t, src, 16<<20)
 	slow := -1
 	opts := Options{Streams: 4, BlockSize: 256 << 10, NoPace: true}
 	opts.OnConn = func(id int, c *net.TCPConn) {
 		if slow < 0 {
 			slow = id
-			if err := pace.SetSocketRate(c, 1<<20); err != nil { // 1 MB/s
+			if err := pace.SetSocketRate(c, 256<<10); err != nil { // 256 KB/s
 				t.Errorf("slowing conn: %v", err)
 			}
 		}
@@ -105,48 +110,40 @@ func TestSlowConnectionLeftOut(t *testing.T) {
 		t.Errorf("slowed conn carried %.0f%% of the data, want under 15%%", frac*100)
 	}
 	// Had the slowed conn kept a quarter of the data, the copy would take
-	// 12 s at 1 MB/s.
-	if d := time.Since(start); d > 8*time.Second {
+	// 16 s at 256 KB/s.
+	if d := time.Since(start); d > 12*time.Second {
 		t.Errorf("transfer took %v: the slow connection held it back", d)
 	}
 }
 
-type recvTrace struct {
-	mu   sync.Mutex
-	recv []time.Time
-	size map[uint64]int
-	got  []int
+// sendTrace records when each data message was handed to the kernel.
+type sendTrace struct {
+	mu    sync.Mutex
+	at    []time.Time
+	size  []int
+	first func() // called once, at the first data message
+	once  sync.Once
 }
 
-func (r *recvTrace) Sent(conn int, msg uint64, at time.Time, size int) {
+func (r *sendTrace) Sent(conn int, msg uint64, at time.Time, size int) {
+	if r.first != nil {
+		r.once.Do(r.first)
+	}
 	r.mu.Lock()
-	r.size[msg] = size
+	r.at = append(r.at, at)
+	r.size = append(r.size, size)
 	r.mu.Unlock()
 }
 
-func (r *recvTrace) Acked(conn int, msg uint64, recvAt, handoffAt, ackAt time.Time) {
-	r.mu.Lock()
-	r.recv = append(r.recv, recvAt)
-	r.got = append(r.got, r.size[msg])
-	r.mu.Unlock()
-}
+func (r *sendTrace) Acked(conn int, msg uint64, recvAt, handoffAt, ackAt time.Time) {}
 
-// peak returns the largest number of bytes received in any window of d.
-func (r *recvTrace) peak(d time.Duration) int {
-	type ev struct {
-		at time.Time
-		n  int
-	}
-	var evs []ev
-	for i := range r.recv {
-		evs = append(evs, ev{r.recv[i], r.got[i]})
-	}
-	sort.Slice(evs, func(a, b int) bool { return evs[a].at.Before(evs[b].at) })
+// peak returns the largest number of bytes handed over in any window of d.
+func (r *sendTrace) peak(d time.Duration) int {
 	best, sum, j := 0, 0, 0
-	for i := range evs {
-		sum += evs[i].n
-		for evs[i].at.Sub(evs[j].at) >= d {
-			sum -= evs[j].n
+	for i := range r.at { // in order: Sent is called after the pacer's slot
+		sum += r.size[i]
+		for r.at[i].Sub(r.at[j]) >= d {
+			sum -= r.size[j]
 			j++
 		}
 		best = max(best, sum)
@@ -154,39 +151,75 @@ func (r *recvTrace) peak(d time.Duration) int {
 	return best
 }
 
-// TestPacingBoundsPeakRate checks, on the receiver's clock, that the bytes
-// arriving in any 100 ms window stay within the pacing rate (plus one
-// message), while the same transfer unpaced bursts far above it.
-func TestPacingBoundsPeakRate(t *testing.T) {
-	p := newPair(t)
+// TestPacingBoundsPeakRate checks that, across all connections, the bytes
+// handed to the kernel in any 500 ms stay within the pacing rate (plus one
+// message), while the same transfer unpaced bursts far above it; on the lab
+// it also checks the rate the emulator delivered in each 500 ms interval.
+func TestPacingBoundsPeakRate(t *testing.T) { envs(t, testPath, pacingBound) }
+
+func pacingBound(t *testing.T, p *pair) {
 	src := filepath.Join(t.TempDir(), "f")
-	writeRandom(t, src, 12<<20)
-	const rate = 20e6 // bytes per second
+	writeRandom(t, src, 8<<20)
+	const rate = 3e6 // bytes per second, under the lab path's 12.5e6
 	const bs = 64 << 10
-	const win = 100 * time.Millisecond
-	run := func(opts Options) (*recvTrace, *Report) {
-		tr := &recvTrace{size: map[uint64]int{}}
+	// Half a second: long enough that the scheduling delays of this
+	// loaded machine (timers firing late) are small next to it.
+	const win = 500 * time.Millisecond
+	var wireMu sync.Mutex
+	var wirePeak float64
+	run := func(opts Options) (*sendTrace, *Report) {
+		tr := &sendTrace{}
 		opts.Tracer = tr
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		wirePeak = 0
+		if p.lab != nil {
+			// Watch the path from the first data message on: priming
+			// traffic is not paced.
+			tr.first = func() {
+				go func() {
+					defer close(done)
+					p.lab.Watch(ctx, win, func(r lab.Report) {
+						for _, pr := range r.Paths {
+							if pr.From == 0 && pr.To == 1 {
+								wireMu.Lock()
+								wirePeak = max(wirePeak, pr.OutBitsPerSecond/8)
+								wireMu.Unlock()
+							}
+						}
+					})
+				}()
+			}
+		} else {
+			close(done)
+		}
 		rep, err := p.client.SendFiles(context.Background(), p.addr, []string{src}, "out", opts)
+		cancel()
+		<-done
 		if err != nil {
 			t.Fatal(err)
 		}
 		return tr, rep
 	}
 	paced, rep := run(Options{Streams: 4, BlockSize: bs, RateLimit: rate})
-	limit := int(rate*win.Seconds()) + 2*(bs+blockHeaderSize)
+	// The pacer allows one message of burst; timers firing late on this
+	// loaded machine shift a few more into a window.
+	limit := int(1.15*rate*win.Seconds()) + 2*(bs+blockHeaderSize)
 	pk := paced.peak(win)
-	t.Logf("paced: peak %d bytes per %v (limit %d), %.1f Mbit/s overall", pk, win, limit, rep.Goodput/1e6)
+	t.Logf("paced: peak %d bytes per %v handed to the kernel (limit %d), %.1f Mbit/s overall; wire peak %.2f MB/s", pk, win, limit, rep.Goodput/1e6, wirePeak/1e6)
 	if pk > limit {
-		t.Errorf("paced transfer peaked at %d bytes in %v, above the %d the pacer allows", pk, win, limit)
+		t.Errorf("paced transfer handed %d bytes to the kernel in %v, above the %d the pacer allows", pk, win, limit)
 	}
-	if min := 12 << 20 / rate * 0.85; rep.Seconds < min {
+	if p.lab != nil && wirePeak > 1.3*rate {
+		t.Errorf("the lab path carried %.2f MB/s in a %v interval, above 1.3 x the %.1f MB/s pacing rate", wirePeak/1e6, win, rate/1e6)
+	}
+	if min := 8 << 20 / rate * 0.85; rep.Seconds < min {
 		t.Errorf("paced transfer took %.2fs, faster than %.2fs the rate allows", rep.Seconds, min)
 	}
 	unpaced, rep2 := run(Options{Streams: 4, BlockSize: bs, NoPace: true})
 	upk := unpaced.peak(win)
-	t.Logf("unpaced: peak %d bytes per %v, %.1f Mbit/s overall", upk, win, rep2.Goodput/1e6)
-	if upk < 2*limit {
+	t.Logf("unpaced: peak %d bytes per %v, %.1f Mbit/s overall; wire peak %.2f MB/s", upk, win, rep2.Goodput/1e6, wirePeak/1e6)
+	if upk <= limit {
 		t.Errorf("unpaced peak %d is not above the paced limit %d: the test shows nothing", upk, limit)
 	}
 }

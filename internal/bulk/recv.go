@@ -420,7 +420,10 @@ func (s *Service) handleBlock(ctx context.Context, req *wire.Request) ([]byte, e
 	}
 	t, err := s.transfer(req, h.ID)
 	if err != nil {
-		return nil, err
+		// A late duplicate of a block re-sent elsewhere after the
+		// transfer ended; nothing to do.
+		s.log.Debug("block for no running transfer", "err", err)
+		return nil, nil
 	}
 	a := ack{ID: h.ID, File: h.File, Index: h.Index, Msg: h.Msg, RecvNano: recv.UnixNano()}
 	a.Status, a.Err = t.store(h, data)

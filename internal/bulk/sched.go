@@ -24,6 +24,13 @@ func (t *transfer) worker(st *connState) {
 		}
 		for {
 			t.mu.Lock()
+			// The application window: at most a few RTTs' worth of this
+			// connection's measured rate unacknowledged, so that data does
+			// not pile up in a socket buffer where it can neither be paced
+			// nor re-sent elsewhere.
+			for !st.dead && t.ctx.Err() == nil && len(st.pending) > 0 && st.unacked() >= t.windowLocked(st) {
+				t.cond.Wait()
+			}
 			if st.dead || len(st.pending) == 0 || t.ctx.Err() != nil {
 				st.busy = false
 				st.finish = time.Now()
@@ -187,6 +194,7 @@ func (t *transfer) onAck(st *connState, a ack) {
 	t.mu.Lock()
 	delete(st.infl, a.Msg)
 	st.lastAck = now
+	t.lastAck = now
 	f := t.fileByEntry(a.File)
 	if f == nil || int(a.Index) >= f.n {
 		t.mu.Unlock()
@@ -337,7 +345,7 @@ func (t *transfer) schedule(rep *Report) {
 			// A connection that carries unacknowledged blocks but has
 			// heard nothing for a long time is stalled: its blocks go to
 			// the others and it sits out.
-			if len(st.infl) > 0 && now.Sub(st.lastAck) > stall {
+			if len(st.infl) > 0 && now.Sub(st.lastAck) > stall && now.Sub(t.lastAck) < stall/2 {
 				var back []blockRef
 				for _, in := range st.infl {
 					back = append(back, in.ref)
@@ -398,8 +406,11 @@ func (t *transfer) schedule(rep *Report) {
 			if amount == 0 {
 				amount = bw * roundTime.Seconds() / float64(len(cand))
 			}
-			if st.rep.Rounds == 0 && st.rate == 0 && bw == 0 {
-				amount = float64(max(st.c.prime.BDP, 4*int64(t.bs)))
+			if st.rate == 0 && bw == 0 {
+				// Nothing measured yet: a few blocks, so a slow
+				// connection cannot take a large share before it is
+				// seen to be slow.
+				amount = float64(4 * t.bs)
 			}
 			blocks := max(2, int(amount)/t.bs)
 			blocks = min(blocks, 256, len(t.queue))
@@ -468,9 +479,13 @@ func (t *transfer) schedule(rep *Report) {
 			}
 			st.accB += st.rep.Bytes - st.ackMark
 			st.ackMark = st.rep.Bytes
-			if slices.Contains(sub, st) || len(st.infl) > 0 {
-				st.accT += end.Sub(start)
+			// Wall time since the last look counts while the connection
+			// had work (sent or queued): a rate over time spent idle
+			// would measure the scheduler, not the path.
+			if !st.lastLook.IsZero() && (slices.Contains(sub, st) || len(st.infl) > 0) {
+				st.accT += end.Sub(st.lastLook)
 			}
+			st.lastLook = end
 			if st.accT >= window {
 				r := float64(st.accB) / st.accT.Seconds()
 				if st.rate == 0 {
@@ -532,6 +547,29 @@ func (t *transfer) schedule(rep *Report) {
 	}
 }
 
+// unacked returns the bytes st has sent that are not acknowledged.
+func (st *connState) unacked() int64 {
+	var n int64
+	for _, in := range st.infl {
+		n += int64(in.size)
+	}
+	return n
+}
+
+// windowLocked is the most st may have unacknowledged: three RTTs at its
+// measured rate (or the BDP priming assumed, before it has one), and at
+// least four blocks and minWindow.
+func (t *transfer) windowLocked(st *connState) int64 {
+	// The RTT floor covers scheduling delays on a busy host, which a
+	// loopback ping does not see.
+	rtt := max(t.rtt, 10*time.Millisecond)
+	w := int64(3 * st.rate * rtt.Seconds())
+	if st.rate == 0 {
+		w = min(2*st.c.prime.BDP, 8*int64(t.bs))
+	}
+	return max(w, 4*int64(t.bs), minWindow)
+}
+
 // benchLocked leaves st out of the next sub-transfers and re-sends its
 // unacknowledged blocks on the others.
 func (t *transfer) benchLocked(st *connState, why string) {
@@ -566,9 +604,18 @@ func (t *transfer) updatePacing(sub []*connState) {
 	if r <= 0 || len(sub) == 0 {
 		return
 	}
-	// Each socket may run a little above its share so that the others'
-	// idle moments can be used; the userspace pacer bounds the sum.
-	per := r / float64(len(sub)) * 1.5
+	// Each socket is paced by the kernel at its share of the estimate
+	// plus a probing margin: this spreads a message's segments evenly, so
+	// a shallow bottleneck queue never sees a window-sized burst. The
+	// userspace pacer, which follows the gain cycle, bounds the sum.
+	bw := t.est.Bandwidth()
+	if lim := t.opts.RateLimit; lim > 0 && (bw == 0 || bw > lim) {
+		bw = lim
+	}
+	if bw <= 0 {
+		bw = r
+	}
+	per := bw * 1.25 / float64(len(sub))
 	for _, st := range sub {
 		_ = pace.SetSocketRate(st.c.tcp, per)
 	}

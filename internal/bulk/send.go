@@ -35,6 +35,8 @@ const (
 	// holdRounds: after a connection added did not help, the count is held
 	// this many sub-transfers before growing is tried again.
 	holdRounds = 10
+	// minWindow is the least a connection may have unacknowledged.
+	minWindow = 2 << 20
 )
 
 // Options shape one transfer.
@@ -182,24 +184,25 @@ type inflight struct {
 }
 
 type connState struct {
-	c       *conn
-	pooled  bool
-	pending []blockRef // assigned in this sub-transfer, not yet sent
-	busy    bool       // its worker holds work
-	sentR   int64      // bytes sent this sub-transfer
-	sendDur time.Duration
-	rate    float64 // send rate of the last sub-transfer it took part in
-	bench   int     // sub-transfers left to sit out
-	infl    map[uint64]inflight
-	lastAck time.Time
-	rep     ConnReport
-	wake    chan struct{}
-	dead    bool
-	finish  time.Time
-	ackMark int64         // rep.Bytes when the rate was last measured
-	accB    int64         // acked bytes since the last rate update
-	accT    time.Duration // busy time since the last rate update
-	benched int           // times it was left out
+	c        *conn
+	pooled   bool
+	pending  []blockRef // assigned in this sub-transfer, not yet sent
+	busy     bool       // its worker holds work
+	sentR    int64      // bytes sent this sub-transfer
+	sendDur  time.Duration
+	rate     float64 // send rate of the last sub-transfer it took part in
+	bench    int     // sub-transfers left to sit out
+	infl     map[uint64]inflight
+	lastAck  time.Time
+	rep      ConnReport
+	wake     chan struct{}
+	dead     bool
+	finish   time.Time
+	ackMark  int64         // rep.Bytes when the rate was last measured
+	accB     int64         // acked bytes since the last rate update
+	accT     time.Duration // busy time since the last rate update
+	lastLook time.Time     // when the rate was last looked at
+	benched  int           // times it was left out
 }
 
 // transfer is one sending transfer.
@@ -230,6 +233,7 @@ type transfer struct {
 	rtt           time.Duration
 	recvLast      ack
 	commitsClosed bool
+	lastAck       time.Time
 	recvRate      float64
 }
 
