@@ -249,9 +249,7 @@ func (l *Log) Append(r *Record) (uint64, error) {
 	s := l.segs[len(l.segs)-1]
 	if s.size >= l.opts.SegmentBytes {
 		// The full segment is synced in the background; Sync waits for it.
-		done := make(chan struct{})
-		s.synced = done
-		go func() { s.syncErr = s.f.Sync(); close(done) }()
+		l.syncInBackground(s)
 		if err := l.newSegment(); err != nil {
 			return 0, err
 		}
@@ -307,6 +305,17 @@ func (l *Log) Unappend(seq uint64) error {
 	l.metas = l.metas[:len(l.metas)-1]
 	l.next = seq
 	return nil
+}
+
+// syncInBackground starts the fsync of a full segment; Sync, Fold and
+// Close wait for it.
+func (l *Log) syncInBackground(full *segment) {
+	done := make(chan struct{})
+	full.synced = done
+	go func() {
+		full.syncErr = full.f.Sync()
+		close(done)
+	}()
 }
 
 // Sync makes everything appended so far durable.
@@ -498,9 +507,7 @@ func (l *Log) AppendBatch(recs []Record) error {
 	}
 	s := l.segs[len(l.segs)-1]
 	if s.size >= l.opts.SegmentBytes {
-		done := make(chan struct{})
-		s.synced = done
-		go func() { s.syncErr = s.f.Sync(); close(done) }()
+		l.syncInBackground(s)
 		if err := l.newSegment(); err != nil {
 			return err
 		}
