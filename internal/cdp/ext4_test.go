@@ -77,8 +77,10 @@ func mountFS(t *testing.T, dev string, opts string) string {
 func TestExt4OnVolumeRestoreMarks(t *testing.T) {
 	needRoot(t)
 	needTools(t, "nbdfuse", "fusermount3", "losetup", "mkfs.ext4")
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("no /dev/fuse")
+	for _, dev := range []string{"/dev/fuse", "/dev/loop-control"} {
+		if _, err := os.Stat(dev); err != nil {
+			t.Skipf("no %s on this machine", dev)
+		}
 	}
 	ctx := context.Background()
 	s := startSite(t, testConfig(shortDir(t)), nil)
