@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net"
+	"runtime/debug"
 
 	"github.com/holdfast/holdfast/internal/bulk"
 	"github.com/holdfast/holdfast/internal/cluster"
@@ -23,6 +24,9 @@ certificate of the same cluster is refused.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			log := logger()
+			// A copy allocates one block buffer per message; collecting less often
+			// cut the copy's CPU by about a tenth (GC was 18% of it in a profile).
+			debug.SetGCPercent(400)
 			id, err := cluster.Load(state)
 			if err != nil {
 				return fmt.Errorf("loading node identity from %s: %w", state, err)

@@ -1,0 +1,69 @@
+# Shared helpers of the bulk benchmarks (sourced, not run).
+set -euo pipefail
+
+ROOT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+WORK=${WORK:-$(mktemp -d /tmp/hf-bench-bulk.XXXXXX)}
+RUNS=${RUNS:-3}
+HF="$WORK/holdfast"
+PIDS=()
+
+cleanup() {
+	for p in "${PIDS[@]:-}"; do
+		[ -n "$p" ] && kill "$p" 2>/dev/null || true
+	done
+	wait 2>/dev/null || true
+	[ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+need() {
+	for t in "$@"; do
+		command -v "$t" >/dev/null || { echo "missing tool: $t" >&2; exit 2; }
+	done
+}
+
+build() {
+	(cd "$ROOT_DIR" && go build -o "$HF" ./cmd/holdfast)
+	"$HF" cluster init --state "$WORK/state" --name bench >/dev/null
+}
+
+# median of numbers on stdin
+median() { python3 -c 'import sys,statistics; v=[float(x) for x in sys.stdin.read().split()]; print("%.3f" % statistics.median(v) if v else "nan")'; }
+
+# cpu_ticks PID: user+system+children ticks of a live process
+cpu_ticks() { awk '{print $14+$15+$16+$17}' "/proc/$1/stat"; }
+TICK=$(getconf CLK_TCK)
+
+# json_get FILE EXPR: evaluate a python expression on the JSON object in FILE (d)
+json_get() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"; }
+
+machine() {
+	echo "machine: $(nproc) vCPU $(awk '/model name/{$1=$2=$3="";print;exit}' /proc/cpuinfo | xargs), $(free -g | awk '/Mem/{print $2}') GiB, kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+	echo "sysctl: net.core.wmem_max=$(sysctl -n net.core.wmem_max) rmem_max=$(sysctl -n net.core.rmem_max) tcp_wmem='$(sysctl -n net.ipv4.tcp_wmem)' tcp_rmem='$(sysctl -n net.ipv4.tcp_rmem)' slow_start_after_idle=$(sysctl -n net.ipv4.tcp_slow_start_after_idle)"
+	echo "date: $(date -u +%Y-%m-%dT%H:%MZ)  commit: $(cd "$ROOT_DIR" && git rev-parse --short HEAD)"
+}
+
+# start_sshd NETNS_PREFIX ADDR PORT: an sshd for scp/rsync over ssh, keys in $WORK/ssh
+start_sshd() {
+	local pre="$1" addr="$2" port="$3"
+	mkdir -p "$WORK/ssh"
+	[ -f "$WORK/ssh/host" ] || ssh-keygen -q -t ed25519 -N '' -f "$WORK/ssh/host"
+	[ -f "$WORK/ssh/id" ] || ssh-keygen -q -t ed25519 -N '' -f "$WORK/ssh/id"
+	cp "$WORK/ssh/id.pub" "$WORK/ssh/authorized_keys"
+	cat > "$WORK/ssh/sshd_config" <<CFG
+Port $port
+ListenAddress $addr
+HostKey $WORK/ssh/host
+AuthorizedKeysFile $WORK/ssh/authorized_keys
+PermitRootLogin yes
+PasswordAuthentication no
+UsePAM no
+StrictModes no
+PidFile $WORK/ssh/sshd.pid
+CFG
+	$pre /usr/sbin/sshd -D -f "$WORK/ssh/sshd_config" -E "$WORK/ssh/sshd.log" &
+	PIDS+=($!)
+	SSHD_PID=$!
+	sleep 0.5
+	SSH_OPTS=(-i "$WORK/ssh/id" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR)
+}
