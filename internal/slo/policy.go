@@ -2,6 +2,7 @@ package slo
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -368,4 +369,55 @@ func (p Policy) Format() string {
 		fmt.Fprintf(&b, "\n[[class]]\nname = %q\ndscp = %q # %d, TOS byte 0x%02x\n", c.Name, DSCPName(c.DSCP), c.DSCP, c.DSCP<<2)
 	}
 	return b.String()
+}
+
+// policyJSON is the JSON form of a Policy: durations as Go duration
+// strings ("250ms"), as in the TOML file.
+type policyJSON struct {
+	Classes  []Class `json:"classes"`
+	Start    string  `json:"start"`
+	Interval string  `json:"interval"`
+	Margin   float64 `json:"margin"`
+	Ahead    float64 `json:"ahead"`
+	Hold     string  `json:"hold"`
+	Settle   string  `json:"settle"`
+	Window   string  `json:"window"`
+	Forget   string  `json:"forget"`
+}
+
+// MarshalJSON writes p with durations as strings ("4s").
+func (p Policy) MarshalJSON() ([]byte, error) {
+	return json.Marshal(policyJSON{
+		Classes: p.Classes, Start: p.Start, Interval: p.Interval.String(), Margin: p.Margin, Ahead: p.Ahead,
+		Hold: p.Hold.String(), Settle: p.Settle.String(), Window: p.Window.String(), Forget: p.Forget.String(),
+	})
+}
+
+// UnmarshalJSON reads what MarshalJSON writes; absent durations stay
+// zero. It does not validate.
+func (p *Policy) UnmarshalJSON(b []byte) error {
+	var j policyJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	q := Policy{Classes: j.Classes, Start: j.Start, Margin: j.Margin, Ahead: j.Ahead}
+	for _, d := range []struct {
+		name string
+		src  string
+		dst  *time.Duration
+	}{
+		{"interval", j.Interval, &q.Interval}, {"hold", j.Hold, &q.Hold}, {"settle", j.Settle, &q.Settle},
+		{"window", j.Window, &q.Window}, {"forget", j.Forget, &q.Forget},
+	} {
+		if d.src == "" {
+			continue
+		}
+		v, err := time.ParseDuration(d.src)
+		if err != nil {
+			return fmt.Errorf("policy %s: %w", d.name, err)
+		}
+		*d.dst = v
+	}
+	*p = q
+	return nil
 }

@@ -1,6 +1,7 @@
 package slo
 
 import (
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -108,6 +109,25 @@ func TestPolicyFormatRoundTrip(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, p) {
 		t.Fatalf("round trip: got %+v, want %+v", got, p)
+	}
+}
+
+func TestPolicyJSON(t *testing.T) {
+	p := DefaultPolicy()
+	p.Hold = 7 * time.Second
+	b, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"hold":"7s"`) || !strings.Contains(string(b), `"interval":"250ms"`) {
+		t.Fatalf("durations not written as strings: %s", b)
+	}
+	var back Policy
+	if err := json.Unmarshal(b, &back); err != nil || !reflect.DeepEqual(back, p) {
+		t.Fatalf("round trip: %+v, %v", back, err)
+	}
+	if err := json.Unmarshal([]byte(`{"hold":"soon"}`), &back); err == nil || !strings.Contains(err.Error(), "hold") {
+		t.Fatalf("bad duration accepted: %v", err)
 	}
 }
 
