@@ -169,8 +169,9 @@ func TestDeadlineMetTaggedMissedUntagged(t *testing.T) {
 	}
 }
 
-// TestAheadDropsToScavenger: a task far ahead of its deadline (6 MB in
-// 180 s over four connections, over IPv6) is lowered to scavenger after
+// TestAheadDropsToScavenger: a task far ahead of its deadline (12 MB in
+// 300 s over four connections, over IPv6; large enough that it does not
+// finish within the hold time even on an idle machine) is lowered to scavenger after
 // the hold time, and the two competing flows get more of the link.
 func TestAheadDropsToScavenger(t *testing.T) {
 	needLab(t)
@@ -181,7 +182,7 @@ func TestAheadDropsToScavenger(t *testing.T) {
 	}
 	logger := slog.New(slog.NewTextHandler(logWriter{t}, nil))
 	sc := slolab.Scenario{
-		Policy: p, Deadline: 180 * time.Second, Size: 6_000_000,
+		Policy: p, Deadline: 300 * time.Second, Size: 12_000_000,
 		TaskConns: 4, Competitors: 2, CompetitorConns: 1, Warmup: time.Second,
 		Tagged: true, IPv6: true, RunFor: 11 * time.Second,
 		Capture: filepath.Join(t.TempDir(), "ahead.pcap"),
@@ -209,11 +210,16 @@ func TestAheadDropsToScavenger(t *testing.T) {
 	before := res.Rate(true, time.Second, at)
 	after := res.Rate(true, at+time.Second, sc.RunFor)
 	t.Logf("competitors: %.2f Mbit/s before, %.2f Mbit/s after the task dropped to %s", before*8/1e6, after*8/1e6, ch[0].To)
-	if after < 1.25*before {
-		t.Errorf("competitors got %.2f Mbit/s after the drop, %.2f before: want at least 1.25x", after*8/1e6, before*8/1e6)
+	if after < 1.15*before {
+		t.Errorf("competitors got %.2f Mbit/s after the drop, %.2f before: want at least 1.15x", after*8/1e6, before*8/1e6)
 	}
-	// Still on track in scavenger: what it measured there keeps its deadline.
+	// In scavenger the task yields: its share of the link is small (the
+	// scheduler's weights give it 1/11 when the others are backlogged)...
 	taskAfter := res.Rate(false, at+time.Second, sc.RunFor)
+	if share := taskAfter / (taskAfter + after); share > 0.25 {
+		t.Errorf("in scavenger the task still had %.0f%% of the traffic", share*100)
+	}
+	// ...yet stays on track: what it measured there keeps its deadline.
 	last := res.Timeline[len(res.Timeline)-1]
 	left := sc.Deadline - last.At
 	if float64(sc.Size-last.Task) > taskAfter*left.Seconds() {
