@@ -229,3 +229,46 @@ func TestAheadDropsToScavenger(t *testing.T) {
 		t.Errorf("bottleneck counted nothing in the scavenger class: %+v", sc)
 	}
 }
+
+// TestMinRateKeptWhenTagged: a task with a 4 Mbit/s minimum rate, sharing
+// the bottleneck with two untagged bulk flows of three connections each,
+// gets less than that in its start class; the tagger raises it and it then
+// keeps the rate.
+func TestMinRateKeptWhenTagged(t *testing.T) {
+	needLab(t)
+	p := slo.DefaultPolicy()
+	l := startLab(t, p)
+	logger := slog.New(slog.NewTextHandler(logWriter{t}, nil))
+	const minRate = 4_000_000
+	sc := slolab.Scenario{
+		Policy: p, MinRate: minRate, Size: 1 << 30, RunFor: 10 * time.Second,
+		TaskConns: 2, Competitors: 2, CompetitorConns: 3, Warmup: 1500 * time.Millisecond,
+		Tagged: true, Capture: filepath.Join(t.TempDir(), "minrate.pcap"),
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	res, err := slolab.Run(ctx, l, sc, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logResult(t, "min rate", res)
+	ch := res.Report.Changes
+	if len(ch) == 0 || !strings.Contains(ch[0].Reason, "< min rate 4Mbit/s") || p.ClassIndex(ch[0].To) <= p.ClassIndex(p.Start) {
+		t.Fatalf("changes %+v: want a raise because the task is under its min rate", ch)
+	}
+	for _, c := range ch {
+		if p.ClassIndex(c.To) < p.ClassIndex(c.From) {
+			t.Errorf("lowered from %s to %s while keeping a min rate it only just gets", c.From, c.To)
+		}
+	}
+	checkWire(t, sc.Capture, p, ch)
+	settled := ch[len(ch)-1].Time.Sub(res.Start) + p.Settle
+	if sc.RunFor-settled < 3*time.Second {
+		t.Fatalf("last change at %v leaves too little of the run to measure", settled)
+	}
+	got := res.Rate(false, settled, sc.RunFor) * 8
+	t.Logf("task rate after settling in %s: %.2f Mbit/s", ch[len(ch)-1].To, got/1e6)
+	if got < 0.9*minRate {
+		t.Errorf("task moved %.2f Mbit/s in %s, under its min rate of 4 Mbit/s", got/1e6, ch[len(ch)-1].To)
+	}
+}

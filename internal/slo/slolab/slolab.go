@@ -84,8 +84,11 @@ type Scenario struct {
 	// Policy is the tagger's policy (the lab's classes should mirror it,
 	// see Classes).
 	Policy slo.Policy
-	// Deadline is the task's deadline, counted from the task's start.
+	// Deadline is the task's deadline, counted from the task's start; zero
+	// for none (then MinRate and RunFor must be set).
 	Deadline time.Duration
+	// MinRate is the task's minimum rate in bits per second; zero for none.
+	MinRate int64
 	// Size is the task's size in bytes.
 	Size int64
 	// TaskConns is the number of TCP connections of the task (at least 1).
@@ -175,8 +178,8 @@ func Run(ctx context.Context, l *lab.Lab, sc Scenario, logger *slog.Logger) (Res
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	if sc.TaskConns < 1 || sc.Size <= 0 || sc.Deadline <= 0 {
-		return Result{}, errors.New("scenario needs a size, a deadline and at least one task connection")
+	if sc.TaskConns < 1 || sc.Size <= 0 || (sc.Deadline <= 0 && (sc.MinRate <= 0 || sc.RunFor <= 0)) {
+		return Result{}, errors.New("scenario needs a size, at least one task connection, and a deadline or a min rate with a run time")
 	}
 	sc.CompetitorConns = max(sc.CompetitorConns, 1)
 	src, dst := l.Host(0), l.Host(1)
@@ -300,7 +303,10 @@ func Run(ctx context.Context, l *lab.Lab, sc Scenario, logger *slog.Logger) (Res
 		conns = append(conns, c)
 	}
 	start := time.Now()
-	obj := slo.Objective{Deadline: start.Add(sc.Deadline)}
+	obj := slo.Objective{MinRate: sc.MinRate}
+	if sc.Deadline > 0 {
+		obj.Deadline = start.Add(sc.Deadline)
+	}
 	var tagger *slo.Tagger
 	taggerDone := make(chan struct{})
 	tctx, tcancel := context.WithCancel(ctx)
@@ -391,7 +397,7 @@ loop:
 		res.Elapsed = res.Timeline[len(res.Timeline)-1].At
 	}
 	res.Done = min(taskBytes.Load(), sc.Size)
-	res.MetDeadline = res.Finished && res.Elapsed <= sc.Deadline
+	res.MetDeadline = sc.Deadline > 0 && res.Finished && res.Elapsed <= sc.Deadline
 	tcancel()
 	<-taggerDone
 	if tagger != nil {
