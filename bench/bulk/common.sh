@@ -47,6 +47,7 @@ machine() {
 start_sshd() {
 	local pre="$1" addr="$2" port="$3"
 	mkdir -p "$WORK/ssh"
+	[ -d /run/sshd ] || mkdir -p -m 0755 /run/sshd # sshd refuses to start without its privilege separation directory
 	[ -f "$WORK/ssh/host" ] || ssh-keygen -q -t ed25519 -N '' -f "$WORK/ssh/host"
 	[ -f "$WORK/ssh/id" ] || ssh-keygen -q -t ed25519 -N '' -f "$WORK/ssh/id"
 	cp "$WORK/ssh/id.pub" "$WORK/ssh/authorized_keys"
@@ -60,10 +61,46 @@ PasswordAuthentication no
 UsePAM no
 StrictModes no
 PidFile $WORK/ssh/sshd.pid
+Subsystem sftp internal-sftp
 CFG
 	$pre /usr/sbin/sshd -D -f "$WORK/ssh/sshd_config" -E "$WORK/ssh/sshd.log" &
 	PIDS+=($!)
 	SSHD_PID=$!
 	sleep 0.5
 	SSH_OPTS=(-i "$WORK/ssh/id" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR)
+}
+
+# lab_up NAME PATH...: start `holdfast lab up` with a path description;
+# sets H0/H1 (command prefixes for the two hosts), A1 (host 1's address)
+# and LABLOG (JSON lines of cumulative path counters, every 0.5 s).
+lab_up() {
+	local name="$1"; shift
+	LABLOG="$WORK/lab-$name.jsonl"
+	"$HF" lab up --name "$name" --path "$*" --json --interval 500ms > "$LABLOG" 2> "$WORK/lab-$name.err" &
+	LAB_PID=$!
+	PIDS+=($LAB_PID)
+	for _ in $(seq 100); do
+		ip netns list | grep -q "hflab-$name-h1" && [ -s "$LABLOG" ] && break
+		sleep 0.1
+	done
+	H0="ip netns exec hflab-$name-h0"
+	H1="ip netns exec hflab-$name-h1"
+	A1=198.18.0.2
+	echo "lab path: $*"
+}
+
+lab_down() {
+	kill -INT "$LAB_PID" 2>/dev/null || true
+	wait "$LAB_PID" 2>/dev/null || true
+}
+
+# queue_drops: cumulative bottleneck drops (queue) and random-loss drops of
+# the h0->h1 direction, from the lab's latest report: "QUEUE LOSS"
+queue_drops() {
+	tail -n 1 "$LABLOG" | python3 -c '
+import json,sys
+d=json.loads(sys.stdin.read())
+for p in d["paths"]:
+    if p["from"]==0 and p["to"]==1:
+        print(p["total"]["queue_drops"], p["total"]["loss_drops"])'
 }

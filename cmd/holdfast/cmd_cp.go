@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"time"
@@ -33,7 +34,7 @@ type cpOptions struct {
 func newCpCommand() *cobra.Command {
 	var o cpOptions
 	cmd := &cobra.Command{
-		Use:   "cp [-r] SRC... HOST[:PORT]:DST",
+		Use:   "cp [-r] SRC... HOST[:PORT]:DST | HOST[:PORT]:SRC... DST",
 		Short: "Copy files to a peer over primed, paced parallel connections",
 		Long: `Copy files and directory trees to a peer running 'holdfast serve' or a
 holdfast agent, over several TCP connections authenticated with the cluster's
@@ -44,7 +45,9 @@ hashed end to end; a file appears under its final name only when complete.
 An interrupted copy continues from its last verified block with --resume.
 
 DST is relative to the receiver's --root. With several sources, or when DST
-is an existing directory there, sources land inside it.`,
+is an existing directory there, sources land inside it. The reverse form,
+HOST:SRC... DST, fetches from the peer (SRC relative to its --root): the
+peer sends over the connections this side opens.`,
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runCp(cmd, o, args)
@@ -73,13 +76,30 @@ func runCp(cmd *cobra.Command, o cpOptions, args []string) error {
 	if err != nil {
 		return err
 	}
+	// HOST:SRC... LOCAL fetches from the peer.
+	var fetchFrom string
+	var fetchSrcs []string
 	if !remote {
 		for _, s := range srcs {
+			a, p, r, err := bulk.ParseRemote(s)
+			if err != nil {
+				return err
+			}
+			if !r {
+				return fmt.Errorf("neither %q nor %q is remote: want HOST[:PORT]:PATH on one side", s, dstSpec)
+			}
+			if fetchFrom != "" && a != fetchFrom {
+				return errors.New("all remote sources must be on the same peer")
+			}
+			fetchFrom = a
+			fetchSrcs = append(fetchSrcs, p)
+		}
+	} else {
+		for _, s := range srcs {
 			if _, _, r, _ := bulk.ParseRemote(s); r {
-				return errors.New("copying from a peer (HOST:SRC LOCAL) is not supported yet: run holdfast cp on the peer")
+				return fmt.Errorf("source %q and destination %q are both remote", s, dstSpec)
 			}
 		}
-		return fmt.Errorf("destination %q is not remote: want HOST[:PORT]:PATH", dstSpec)
 	}
 	opts := bulk.Options{Recursive: o.recursive, Resume: o.resume, BlockSize: o.blockSize, NoPace: o.noPace, Fair: o.fair, MaxStreams: o.maxStreams}
 	if o.streams != "auto" {
@@ -100,7 +120,21 @@ func runCp(cmd *cobra.Command, o cpOptions, args []string) error {
 		return fmt.Errorf("loading node identity from %s (set --state or HOLDFAST_STATE): %w", o.state, err)
 	}
 	log := logger()
-	cl, err := bulk.NewClient(bulk.ClientConfig{TLS: id.ClientTLS(log), Node: id.Name, CC: o.cc, Logger: log})
+	ccfg := bulk.ClientConfig{TLS: id.ClientTLS(log), Node: id.Name, CC: o.cc, Logger: log}
+	if fetchFrom != "" {
+		// Receive under the destination's parent directory.
+		root, err := filepath.Abs(filepath.Dir(filepath.Clean(dstSpec)))
+		if err != nil {
+			return err
+		}
+		svc, err := bulk.NewService(bulk.ServiceConfig{Root: root, Logger: log})
+		if err != nil {
+			return err
+		}
+		defer svc.Close()
+		ccfg.Service = svc
+	}
+	cl, err := bulk.NewClient(ccfg)
 	if err != nil {
 		return err
 	}
@@ -108,12 +142,18 @@ func runCp(cmd *cobra.Command, o cpOptions, args []string) error {
 	if !o.noProgress && !globals.json {
 		opts.Progress = progressPrinter(cmd.ErrOrStderr())
 	}
-	sloRun, err := o.slo.attachBulk(cmd.Context(), &opts, log)
+	// --deadline/--min-rate: a DSCP tagger follows the transfer (cmd_slo.go).
+	sr, err := o.slo.attachBulk(cmd.Context(), &opts, log)
 	if err != nil {
 		return err
 	}
-	rep, err := cl.SendFiles(cmd.Context(), addr, srcs, dst, opts)
-	sloRep := sloRun.finish()
+	var rep *bulk.Report
+	if fetchFrom != "" {
+		rep, err = cl.Fetch(cmd.Context(), fetchFrom, fetchSrcs, dstSpec, opts)
+	} else {
+		rep, err = cl.SendFiles(cmd.Context(), addr, srcs, dst, opts)
+	}
+	sloRep := sr.finish()
 	if opts.Progress != nil {
 		fmt.Fprintln(cmd.ErrOrStderr())
 	}

@@ -254,6 +254,9 @@ func (c *Client) learn(peer string, rtt time.Duration, bw float64) {
 
 // dial opens and primes one connection to peer.
 func (c *Client) dial(ctx context.Context, peer string) (*conn, error) {
+	if c.cfg.TLS == nil {
+		return nil, errors.New("bulk: this side cannot open connections (serving a fetch)")
+	}
 	c.mu.Lock()
 	c.nextID++
 	id := c.nextID

@@ -28,6 +28,10 @@ const (
 	// MsgFetch is a request asking the peer to send files back (JSON
 	// fetchReq → Report as JSON).
 	MsgFetch wire.MsgType = 1007
+	// MsgFetchJoin is a request adding the session it arrives on to a
+	// fetch group (16-byte group id), so the peer can send a fetch over all
+	// of the fetching client's connections.
+	MsgFetchJoin wire.MsgType = 1008
 )
 
 // Protocol limits.
@@ -234,9 +238,9 @@ type endReq struct {
 }
 
 type fetchReq struct {
-	Srcs []string `json:"srcs"`
+	Srcs []string `json:"srcs"` // paths under the serving peer's root
 	Opts Options  `json:"opts"`
-	// Transfer is the id the fetching side registered its receiver under.
-	Transfer TransferID `json:"transfer"`
-	Dst      string     `json:"dst"`
+	// Group names the sessions (joined with MsgFetchJoin) to send over.
+	Group TransferID `json:"group"`
+	Dst   string     `json:"dst"` // under the fetching client's root
 }

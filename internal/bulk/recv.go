@@ -68,8 +68,12 @@ type Service struct {
 	mu        sync.Mutex
 	transfers map[TransferID]*recvTransfer
 
-	// fetch is set by Client when it serves fetches from this service.
-	fetchSender func(ctx context.Context, req *wire.Request, fr fetchReq) ([]byte, error)
+	// Fetch groups: the sessions a fetching client joined, and the conn
+	// wrapping each session that is sending (for its acks).
+	fmu        sync.Mutex
+	groups     map[TransferID][]*wire.Session
+	fetchConns map[*wire.Session]*conn
+	nextConn   int
 }
 
 // NewService opens a service on cfg.Root.
@@ -109,6 +113,8 @@ func (s *Service) Register(mux *wire.Mux) {
 	mux.Handle(MsgCommit, s.handleCommit)
 	mux.Handle(MsgEnd, s.handleEnd)
 	mux.Handle(MsgFetch, s.handleFetch)
+	mux.Handle(MsgFetchJoin, s.handleFetchJoin)
+	mux.Handle(MsgAck, s.handleAck)
 }
 
 type recvFile struct {
@@ -634,18 +640,4 @@ func (s *Service) handleEnd(ctx context.Context, req *wire.Request) ([]byte, err
 		return nil, fmt.Errorf("bulk: finishing %s: %w", t.dst, err)
 	}
 	return nil, nil
-}
-
-func (s *Service) handleFetch(ctx context.Context, req *wire.Request) ([]byte, error) {
-	if err := s.authorize(req); err != nil {
-		return nil, err
-	}
-	if s.fetchSender == nil {
-		return nil, errors.New("bulk: this receiver does not serve fetches")
-	}
-	var fr fetchReq
-	if err := json.Unmarshal(req.Payload, &fr); err != nil {
-		return nil, fmt.Errorf("bulk: decoding fetch: %w", err)
-	}
-	return s.fetchSender(ctx, req, fr)
 }

@@ -345,7 +345,12 @@ func (t *transfer) schedule(rep *Report) {
 			// A connection that carries unacknowledged blocks but has
 			// heard nothing for a long time is stalled: its blocks go to
 			// the others and it sits out.
-			if len(st.infl) > 0 && now.Sub(st.lastAck) > stall && now.Sub(t.lastAck) < stall/2 {
+			limit := stall
+			if st.rate > 0 {
+				// Time to drain what it holds at its own measured rate.
+				limit = max(limit, time.Duration(4*float64(st.unacked())/st.rate*float64(time.Second)))
+			}
+			if len(st.infl) > 0 && now.Sub(st.lastAck) > limit && now.Sub(t.lastAck) < stall/2 {
 				var back []blockRef
 				for _, in := range st.infl {
 					back = append(back, in.ref)

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Scenario 1: a long, lossy path on the lab (userspace WAN emulator):
+# holdfast cp vs one TCP stream (iperf3 -P 1), iperf3 -P 8, a
+# multi-connection downloader (aria2c -x 8 from python's HTTP server),
+# rsync to an rsync daemon, and scp. Cubic congestion control everywhere.
+# Usage: bench/bulk/wan.sh   (RATE=200Mbit RTT=100ms LOSS=0.1% SIZE=128M RUNS=3)
+# net.core.wmem_max stays as it is (4 MiB here): it caps one socket's send
+# buffer, which alone limits one stream to about wmem_max/RTT.
+. "$(dirname "$0")/common.sh"
+need iperf3 aria2c rsync scp python3 go ip
+RATE=${RATE:-200Mbit}; RTT=${RTT:-100ms}; LOSS=${LOSS:-0.1%}; SIZE=${SIZE:-128M}; QUEUE=${QUEUE:-}
+build
+machine
+PATHDESC="rate $RATE, rtt $RTT, loss $LOSS${QUEUE:+, queue $QUEUE}"
+lab_up bkwan "$PATHDESC"
+head -c "$SIZE" /dev/urandom > "$WORK/src.bin"
+BYTES=$(stat -c %s "$WORK/src.bin")
+mkdir -p "$WORK/recv" "$WORK/www" "$WORK/rsync" "$WORK/scp" "$WORK/aria"
+ln -f "$WORK/src.bin" "$WORK/www/src.bin"
+echo "file: $BYTES bytes, RUNS=$RUNS, cc=$(sysctl -n net.ipv4.tcp_congestion_control)"
+
+$H1 "$HF" serve --state "$WORK/state" --listen $A1:7470 --root "$WORK/recv" 2>"$WORK/serve.log" & PIDS+=($!)
+$H1 iperf3 -s -p 5201 >/dev/null 2>&1 & PIDS+=($!)
+$H1 python3 -m http.server 8080 --bind $A1 --directory "$WORK/www" >/dev/null 2>&1 & PIDS+=($!)
+cat > "$WORK/rsyncd.conf" <<CFG
+pid file = $WORK/rsyncd.pid
+use chroot = no
+[m]
+path = $WORK/rsync
+read only = false
+uid = root
+gid = root
+CFG
+$H1 rsync --daemon --no-detach --address=$A1 --port=8730 --config="$WORK/rsyncd.conf" & PIDS+=($!)
+start_sshd "$H1" $A1 2222
+sleep 1
+
+now() { date +%s.%N; }
+elapsed() { python3 -c "import sys; print(float(sys.argv[2])-float(sys.argv[1]))" "$1" "$2"; }
+
+run() { # tool -> prints "seconds goodput_bits_per_s"
+	local t0 t1 s
+	case $1 in
+	holdfast)
+		rm -f "$WORK/recv/dst.bin"; t0=$(now)
+		$H0 "$HF" cp --state "$WORK/state" --no-progress --json --cc cubic "$WORK/src.bin" $A1:7470:/dst.bin > "$WORK/rep.json"
+		t1=$(now); cmp -s "$WORK/src.bin" "$WORK/recv/dst.bin" || { echo "holdfast copy differs" >&2; exit 1; } ;;
+	iperf3-P1|iperf3-P8)
+		local p=${1#iperf3-P}
+		$H0 iperf3 -c $A1 -p 5201 -P "$p" -t 15 -C cubic -J > "$WORK/iperf.json"
+		python3 -c "import json; d=json.load(open('$WORK/iperf.json')); r=d['end']['sum_received']; print(r['seconds'], r['bits_per_second'])"
+		return ;;
+	aria2c)
+		rm -f "$WORK/aria/src.bin"; t0=$(now)
+		$H0 aria2c -q -x 8 -s 8 -k 1M --file-allocation=none --dir "$WORK/aria" http://$A1:8080/src.bin
+		t1=$(now); cmp -s "$WORK/src.bin" "$WORK/aria/src.bin" || { echo "aria2c copy differs" >&2; exit 1; } ;;
+	rsync)
+		rm -f "$WORK/rsync/dst.bin"; t0=$(now)
+		$H0 rsync -q --whole-file "$WORK/src.bin" rsync://$A1:8730/m/dst.bin
+		t1=$(now); cmp -s "$WORK/src.bin" "$WORK/rsync/dst.bin" || { echo "rsync copy differs" >&2; exit 1; } ;;
+	scp)
+		rm -f "$WORK/scp/dst.bin"; t0=$(now)
+		$H0 scp -q "${SSH_OPTS[@]}" -P 2222 "$WORK/src.bin" root@$A1:"$WORK/scp/dst.bin"
+		t1=$(now); cmp -s "$WORK/src.bin" "$WORK/scp/dst.bin" || { echo "scp copy differs" >&2; exit 1; } ;;
+	esac
+	s=$(elapsed "$t0" "$t1")
+	python3 -c "import sys; s=float(sys.argv[1]); print(s, $BYTES*8/s)" "$s"
+}
+
+TOOLS="holdfast iperf3-P1 iperf3-P8 aria2c rsync scp"
+declare -A RATES
+for i in $(seq "$RUNS"); do
+	for tool in $TOOLS; do
+		r=$(run $tool)
+		RATES[$tool]+="${r##* } "
+		echo "run $i $tool: $r" >&2
+	done
+done
+
+echo
+printf "%-11s %13s %9s %11s\n" tool "median Mbit/s" "% of link" "vs 1 stream"
+LINK=$(python3 -c "
+import re; m=re.match(r'([\d.]+)([kMG]?)bit','$RATE'); print(float(m.group(1))*{'':1,'k':1e3,'M':1e6,'G':1e9}[m.group(2)])")
+ONE=$(echo ${RATES[iperf3-P1]} | tr ' ' '\n' | median)
+for tool in $TOOLS; do
+	m=$(echo ${RATES[$tool]} | tr ' ' '\n' | median)
+	python3 -c "import sys; n,m,l,o=sys.argv[1],*map(float,sys.argv[2:5]); print('%-11s %13.1f %8.0f%% %10.2fx' % (n, m/1e6, 100*m/l, m/o))" "$tool" "$m" "$LINK" "$ONE"
+done
+python3 - "$WORK/rep.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+c = d["conns"][0]["prime"]
+print("holdfast (last run): %d connections at most, %d sub-transfers; priming: RTT %.1f ms, send buffer wanted %d, got %d%s; cwnd %d -> %d bytes; retransmits %s" % (
+    d["max_streams_used"], d["sub_transfers"], c["rtt_ns"] / 1e6, c["sndbuf_wanted"], c["sndbuf"],
+    " (capped by net.core.wmem_max=%d)" % c["wmem_max"] if c["sndbuf_capped"] else "",
+    c["cwnd_before_bytes"], c["cwnd_after_bytes"], [x["retransmits"] for x in d["conns"]]))
+PY
+echo "(wall time of each copy including connection setup; iperf3: 15 s memory to memory, receiver rate; one stream's"
+echo " send buffer is capped at net.core.wmem_max=$(sysctl -n net.core.wmem_max) bytes: at most $(python3 -c "print('%.0f' % ($(sysctl -n net.core.wmem_max)*8/float('${RTT%ms}')/1e3))") Mbit/s at RTT $RTT)"
