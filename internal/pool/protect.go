@@ -118,13 +118,14 @@ func (s *Service) refreshPeers(ctx context.Context) {
 			if m.Name == s.a.Name() || !conn[m.Name] || json.Unmarshal(m.Meta, &info) != nil || info.Name != m.Name {
 				continue
 			}
+			// Health is the wire session's (its heartbeat closes a session
+			// to a peer that stops answering): memberlist's probes share
+			// the sessions with shard transfers and can time out behind
+			// them on a busy path, so a suspect member that still has a
+			// live session stays up.
 			fromGossip[m.Name] = true
-			if m.Alive {
-				s.infos[m.Name] = info
-				s.lastUp[m.Name] = now
-			} else {
-				delete(s.infos, m.Name)
-			}
+			s.infos[m.Name] = info
+			s.lastUp[m.Name] = now
 		}
 		s.mu.Unlock()
 	}
@@ -535,6 +536,7 @@ func (s *Service) repair(ctx context.Context) error {
 	}
 	var jobs []job
 	s.mu.Lock()
+	cands := s.candidatesLocked()
 	for _, k := range s.m.Keys() {
 		e := s.m.Files[k]
 		j := job{key: k, old: map[int]string{}}
@@ -543,6 +545,9 @@ func (s *Service) repair(ctx context.Context) error {
 				j.idxs = append(j.idxs, i)
 				j.old[i] = sh.Peer
 			}
+		}
+		if len(j.idxs) == 0 {
+			j.idxs, j.old = rebalance(e, cands)
 		}
 		if len(j.idxs) > 0 {
 			jobs = append(jobs, j)
@@ -556,6 +561,38 @@ func (s *Service) repair(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// rebalance picks shards to move when a peer holds more than one shard of
+// a file (placed so while too few peers had room) and a healthy peer with
+// room now holds none: one extra shard per such peer, so the file gets
+// back to its target protection level.
+func rebalance(e *peer.FileEntry, cands []peer.Candidate) ([]int, map[int]string) {
+	holders := e.Holders()
+	free := 0
+	for _, c := range cands {
+		if c.Healthy && holders[c.Name] == 0 && c.Free >= e.ShardSize {
+			free++
+		}
+	}
+	var idxs []int
+	old := map[int]string{}
+	seen := map[string]int{}
+	for i, sh := range e.Shards {
+		if free == 0 {
+			break
+		}
+		if sh.Peer == "" {
+			continue
+		}
+		seen[sh.Peer]++
+		if seen[sh.Peer] > 1 {
+			idxs = append(idxs, i)
+			old[i] = sh.Peer
+			free--
+		}
+	}
+	return idxs, old
 }
 
 func (s *Service) repairFile(ctx context.Context, key string, idxs []int, old map[int]string) error {
