@@ -87,6 +87,27 @@ func (d *Decider) measured() (float64, bool) {
 	return float64(last.done-first.done) / span.Seconds(), true
 }
 
+// recent returns the rate in bytes per second over the last quarter of
+// the window (at least two intervals), and whether there is such a span.
+func (d *Decider) recent() (float64, bool) {
+	n := len(d.samples)
+	if n < 2 {
+		return 0, false
+	}
+	last := d.samples[n-1]
+	from := last.t.Add(-max(d.p.Window/4, 2*d.p.Interval))
+	i := n - 2
+	for i > 0 && !d.samples[i-1].t.Before(from) {
+		i--
+	}
+	first := d.samples[i]
+	span := last.t.Sub(first.t)
+	if span <= 0 {
+		return 0, false
+	}
+	return float64(last.done-first.done) / span.Seconds(), true
+}
+
 // fresh reports whether class i has a rate measured within Policy.Forget.
 func (d *Decider) fresh(i int, now time.Time) bool {
 	e := d.est[i]
@@ -153,6 +174,12 @@ func (d *Decider) Observe(o Observation) Decision {
 		d.aheadSince = time.Time{}
 		if inClass < d.p.Settle {
 			dec.Reason = "behind, settling in the new class"
+			return dec
+		}
+		// TCP may just have recovered from what it suffered before the
+		// last change: if the class delivers enough now, wait and see.
+		if r, ok := d.recent(); ok && r >= needed {
+			dec.Reason = fmt.Sprintf("behind over the window, but the last %v moved %s", max(d.p.Window/4, 2*d.p.Interval), FormatRate(r*8))
 			return dec
 		}
 		if d.class == top {

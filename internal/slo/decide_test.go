@@ -218,6 +218,29 @@ func TestDecider(t *testing.T) {
 	}
 }
 
+func TestDeciderWaitsWhenRecovering(t *testing.T) {
+	// In its first second in high-throughput the task moves little (TCP
+	// recovering from timeouts), then 12 Mbit/s: needed is 8 Mbit/s. The
+	// window rate is still below, the recent rate above: no raise.
+	p := DefaultPolicy()
+	obj := Objective{Deadline: t0.Add(30 * time.Second)}
+	ch, at, _ := simulate(p, obj, 27_000_000, 6*time.Second, func(c int, el time.Duration) float64 {
+		switch {
+		case c == 1:
+			return 4e6 / 8
+		case el <= 2*time.Second:
+			return 1e6 / 8
+		}
+		return 12e6 / 8
+	})
+	if len(ch) != 1 || p.Classes[ch[0].To].Name != "high-throughput" {
+		for i, c := range ch {
+			t.Logf("%v %s -> %s: %s", at[i], p.Classes[c.From].Name, p.Classes[c.To].Name, c.Reason)
+		}
+		t.Fatalf("%d changes, want one raise to high-throughput and a wait while it recovers", len(ch))
+	}
+}
+
 func TestDeciderIgnoresOutOfOrder(t *testing.T) {
 	d := NewDecider(Objective{MinRate: 1e6}, DefaultPolicy())
 	d.Observe(Observation{Now: t0, Done: 0})

@@ -13,7 +13,9 @@
 //
 //   - it raises the class when the task is behind (its measured rate would
 //     finish after the deadline less a safety margin, or is under the
-//     minimum rate), skipping classes already measured to be too slow;
+//     minimum rate), skipping classes already measured to be too slow,
+//     and waiting instead when the most recent part of the window alone
+//     moved enough (TCP recovering from before the last change);
 //   - it lowers the class, one step at a time and down to scavenger, only
 //     after the task has been comfortably ahead (measured rate at least
 //     Policy.Ahead times the needed rate) for Policy.Hold, never to a class
