@@ -22,7 +22,12 @@ func newCheckCommand() *cobra.Command {
 				return err
 			}
 			defer r.Close()
+			progress, done := newBar("check")
+			if opts.ReadData {
+				opts.Progress = progress
+			}
 			res, err := r.Check(cmd.Context(), opts)
+			done()
 			if res == nil {
 				return err
 			}

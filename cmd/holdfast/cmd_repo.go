@@ -103,6 +103,8 @@ func openRepo(ctx context.Context, f *repoFlags, noIndex bool) (*repo.Repository
 	if err != nil {
 		return nil, repoError(err)
 	}
+	// The key derivation used 32 MiB for a moment: give it back.
+	debug.FreeOSMemory()
 	setMemoryLimit(r)
 	return r, nil
 }
@@ -193,7 +195,7 @@ func newInitCommand() *cobra.Command {
 	f.add(cmd)
 	cmd.Flags().IntVar(&avg, "chunk-size", 0, "average chunk size in bytes, a power of two (default 1 MiB)")
 	cmd.Flags().IntVar(&packMiB, "pack-size", 0, "target pack file size in MiB (default 16)")
-	cmd.Flags().Uint32Var(&kdfMem, "kdf-memory", 0, "argon2id memory in KiB (default 65536)")
+	cmd.Flags().Uint32Var(&kdfMem, "kdf-memory", 0, "argon2id memory in KiB (default 32768)")
 	return cmd
 }
 
@@ -467,7 +469,7 @@ func newKeyCommand() *cobra.Command {
 	}
 	af.add(add)
 	add.Flags().StringVar(&newPassFile, "new-password-file", "", "file holding the new password")
-	add.Flags().Uint32Var(&kdfMem, "kdf-memory", 0, "argon2id memory in KiB (default 65536)")
+	add.Flags().Uint32Var(&kdfMem, "kdf-memory", 0, "argon2id memory in KiB (default 32768)")
 	remove := &cobra.Command{
 		Use:   "remove ID",
 		Short: "Remove a key (not the one in use)",

@@ -100,8 +100,9 @@ type archiver struct {
 	names *idNames
 	files chan fileJob
 	blobs chan blobJob
-	bufs  sync.Pool // read buffers, 2×max chunk
-	sbufs sync.Pool // read buffers for small files
+	slots chan struct{} // one per chunk handed to the blob workers
+	bufs  sync.Pool     // read buffers, 2×max chunk
+	sbufs sync.Pool     // read buffers for small files
 
 	filesDone, bytesRead, filesNew, filesChanged, filesUnmod, dirs atomic.Int64
 	totalBytes, dataBlobs, treeBlobs, dataAdded                    atomic.Int64
@@ -212,9 +213,10 @@ func (r *Repository) backup(ctx context.Context, paths []string, opts BackupOpti
 	actx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	a := &archiver{r: r, ctx: actx, opts: opts, names: newIDNames(),
-		files: make(chan fileJob, 64), blobs: make(chan blobJob, runtime.GOMAXPROCS(0))}
+		files: make(chan fileJob, 64), blobs: make(chan blobJob, runtime.GOMAXPROCS(0)),
+		slots: make(chan struct{}, runtime.GOMAXPROCS(0))}
 	a.pw = r.newPackWriter(actx)
-	bufSize := 2 * r.cfg.Chunker.Max
+	bufSize := r.cfg.Chunker.Max + 1<<20
 	a.bufs.New = func() any { b := make([]byte, bufSize); return &b }
 	a.sbufs.New = func() any { b := make([]byte, smallFile); return &b }
 
@@ -588,12 +590,18 @@ func (a *archiver) saveFile(job fileJob) error {
 			}
 			continue
 		}
-		cp := getBuf(len(chunk))
-		data := append(*cp, chunk...)
+		// Hand the chunk to a blob worker if one is free (this worker
+		// then reads on); otherwise store it here. Copies in flight are
+		// thus bounded by the number of blob workers.
 		select {
-		case a.blobs <- blobJob{id: id, data: data, buf: cp}:
-		case <-a.ctx.Done():
-			return a.ctx.Err()
+		case a.slots <- struct{}{}:
+			cp := getBuf(len(chunk))
+			data := append(*cp, chunk...)
+			a.blobs <- blobJob{id: id, data: data, buf: cp}
+		default:
+			if err := a.storeChunk(id, chunk); err != nil {
+				return err
+			}
 		}
 	}
 	job.fut.node.Size = size
@@ -615,10 +623,12 @@ func (a *archiver) storeChunk(id ID, data []byte) error {
 func (a *archiver) blobWorker() {
 	for j := range a.blobs {
 		if a.pw.getErr() != nil || a.ctx.Err() != nil {
+			<-a.slots
 			continue
 		}
 		a.storeChunk(j.id, j.data)
 		putBuf(j.buf)
+		<-a.slots
 	}
 }
 

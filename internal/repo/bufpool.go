@@ -4,7 +4,7 @@ import "sync"
 
 // bufClasses are the capacities of pooled buffers; larger requests are
 // allocated directly.
-var bufClasses = [...]int{64 << 10, 256 << 10, 1 << 20, 4<<20 + 4096, 16<<20 + 4096}
+var bufClasses = [...]int{64 << 10, 256 << 10, 1<<20 + 4096, 2<<20 + 4096, 4<<20 + 4096, 16<<20 + 4096}
 
 var bufPools [len(bufClasses)]sync.Pool
 

@@ -159,6 +159,10 @@ func (r *Repository) checkTree(ctx context.Context, id ID, where string, seen ma
 func (r *Repository) checkData(ctx context.Context, packs []*IndexPack, res *CheckResult, opts CheckOptions, addErr func(string, ...any)) {
 	var mu sync.Mutex
 	var nread, bread atomic.Int64
+	var total int64
+	for _, p := range packs {
+		total += p.Size
+	}
 	work := make(chan *IndexPack)
 	var wg sync.WaitGroup
 	for i := 0; i < runtime.GOMAXPROCS(0); i++ {
@@ -170,7 +174,7 @@ func (r *Repository) checkData(ctx context.Context, packs []*IndexPack, res *Che
 				nread.Add(1)
 				bread.Add(p.Size)
 				if opts.Progress != nil {
-					opts.Progress(Progress{Files: nread.Load(), TotalFiles: int64(len(packs)), Bytes: bread.Load()})
+					opts.Progress(Progress{Files: nread.Load(), TotalFiles: int64(len(packs)), Bytes: bread.Load(), TotalBytes: total})
 				}
 				if perr == nil && len(damaged) == 0 {
 					continue

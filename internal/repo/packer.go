@@ -274,7 +274,9 @@ func (w *packWriter) uploader() {
 }
 
 // flushIndex writes an index file for the packs uploaded so far.
-func (w *packWriter) flushIndex() error {
+func (w *packWriter) flushIndex() error { return w.flushIndexCtx(w.ctx) }
+
+func (w *packWriter) flushIndexCtx(ctx context.Context) error {
 	w.imu.Lock()
 	packs := w.unindexed
 	w.unindexed = nil
@@ -283,7 +285,7 @@ func (w *packWriter) flushIndex() error {
 	if len(packs) == 0 {
 		return nil
 	}
-	id, err := w.r.saveFile(w.ctx, backend.IndexFile, encodeIndex(packs))
+	id, err := w.r.saveFile(ctx, backend.IndexFile, encodeIndex(packs))
 	if err != nil {
 		return fmt.Errorf("saving index: %w", err)
 	}
@@ -327,7 +329,8 @@ func (w *packWriter) finish() error {
 	return w.flushIndex()
 }
 
-// abort stops the writer after a failure, without writing more index.
+// abort stops the writer after a failure: packs not yet stored are
+// discarded, the ones stored are indexed.
 func (w *packWriter) abort() {
 	w.setErr(errors.New("aborted"))
 	w.mu.Lock()
@@ -341,4 +344,10 @@ func (w *packWriter) abort() {
 	w.mu.Unlock()
 	close(w.uploads)
 	w.wg.Wait()
+	// Index what was stored, so that the next backup reuses it.
+	if !w.noIndex {
+		if err := w.flushIndexCtx(context.WithoutCancel(w.ctx)); err != nil {
+			w.r.log.Warn("indexing the packs of an aborted backup", "err", err)
+		}
+	}
 }

@@ -31,6 +31,9 @@ const (
 	// maxObjectSize bounds config, snapshot and lock files.
 	maxObjectSize = 64 << 20
 	formatVersion = 1
+	// zstdWindow is the compression window: chunks average 1 MiB, so a
+	// larger one buys little and costs memory per encoder.
+	zstdWindow = 2 << 20
 )
 
 // ErrNoRepository is returned when the location holds no repository.
@@ -54,7 +57,7 @@ type InitOptions struct {
 }
 
 // DefaultInitOptions returns 1 MiB average chunks, 16 MiB packs and
-// argon2id at 64 MiB.
+// argon2id at 32 MiB.
 func DefaultInitOptions() InitOptions {
 	return InitOptions{Chunker: chunker.DefaultParams(), PackSize: DefaultPackSize, KDF: DefaultKDFParams()}
 }
@@ -150,7 +153,7 @@ func newRepository(be backend.Backend, mk *masterKey, cfg Config, log *slog.Logg
 	if err != nil {
 		return nil, err
 	}
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithLowerEncoderMem(true))
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithLowerEncoderMem(true), zstd.WithWindowSize(zstdWindow))
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +20,8 @@ import (
 
 	"github.com/holdfast/holdfast/internal/repo"
 	"github.com/holdfast/holdfast/internal/repo/backend"
+	"github.com/johannesboyne/gofakes3"
+	"github.com/johannesboyne/gofakes3/backend/s3mem"
 )
 
 var (
@@ -449,5 +453,27 @@ func TestCLIDiskFull(t *testing.T) {
 	c.ok("restore", "latest", "--target", target)
 	if n := sameTree(t, small, filepath.Join(target, "small")); n != 5 {
 		t.Fatalf("compared %d files, want 5", n)
+	}
+}
+
+// TestCLIS3 runs the binary against an S3 endpoint served by gofakes3, an
+// in-process stand-in for a real S3 server (none is reachable here).
+func TestCLIS3(t *testing.T) {
+	srv := httptest.NewServer(gofakes3.New(s3mem.New()).Server())
+	t.Cleanup(srv.Close)
+	u, _ := url.Parse(srv.URL)
+	c := newCLI(t, "s3:http://"+u.Host+"/holdfast/repo1")
+	c.env = append(c.env, "AWS_ACCESS_KEY_ID=test", "AWS_SECRET_ACCESS_KEY=testsecret")
+	c.init()
+	src := filepath.Join(t.TempDir(), "data")
+	randomFiles(t, src, 30, 200<<10, 9)
+	c.ok("backup", src)
+	if out := c.ok("check", "--read-data"); !strings.Contains(out, "no errors found") {
+		t.Fatalf("check on S3:\n%s", out)
+	}
+	target := t.TempDir()
+	c.ok("restore", "latest", "--target", target)
+	if n := sameTree(t, src, filepath.Join(target, "data")); n != 30 {
+		t.Fatalf("compared %d files, want 30", n)
 	}
 }
