@@ -58,6 +58,7 @@ type ConnMonitor struct {
 	msgs        map[uint64]pendingMsg
 	nmsgs       uint64
 	tsLost      uint64
+	ackMissing  uint64
 	tsUnmatched uint64
 
 	closed      atomic.Bool
@@ -234,7 +235,10 @@ func (m *ConnMonitor) sendTimestamped(p []byte) (int, error) {
 	)
 	err := m.raw.Write(func(fd uintptr) bool {
 		for written < len(p) {
-			n, err := unix.SendmsgN(int(fd), p[written:], m.oob, nil, unix.MSG_NOSIGNAL)
+			// MSG_EOR ends the segment at this write's last byte, so that a
+			// later write is not appended to it and does not take over its
+			// timestamp key (the kernel keeps one key per segment).
+			n, err := unix.SendmsgN(int(fd), p[written:], m.oob, nil, unix.MSG_NOSIGNAL|unix.MSG_EOR)
 			switch {
 			case err == unix.EINTR:
 				continue
@@ -320,6 +324,20 @@ func (m *ConnMonitor) applyTimestamp(ts txTimestamp) {
 			w.Sent = ts.UnixNano
 		}
 	case StageAcked:
+		// ACKs are cumulative: older writes still waiting will not get
+		// their own acknowledgement timestamp any more (the kernel
+		// occasionally skips one, e.g. when a later write's data was
+		// appended to the same segment). Log them without it, in order.
+		for _, k := range m.order {
+			if k == ts.Key {
+				break
+			}
+			if old, ok := m.pending[k]; ok {
+				delete(m.pending, k)
+				m.ackMissing++
+				m.emit(Record{Kind: KindWrite, Write: old})
+			}
+		}
 		w.Acked = ts.UnixNano
 		delete(m.pending, ts.Key)
 		m.emit(Record{Kind: KindWrite, Write: w})
@@ -509,18 +527,22 @@ func (m *ConnMonitor) Finish() {
 		m.mu.Lock()
 		for _, k := range m.order {
 			if w, ok := m.pending[k]; ok {
+				if w.Acked == 0 {
+					m.ackMissing++
+				}
 				m.emit(Record{Kind: KindWrite, Write: w})
 			}
 		}
 		m.pending = map[uint32]*WriteRecord{}
 		m.order = nil
-		lost := m.tsLost
+		lost, missing := m.tsLost, m.ackMissing
 		m.mu.Unlock()
 		m.wmu.Lock()
 		c := &ConnClose{BytesWritten: m.offset, Writes: m.nwrites}
 		m.wmu.Unlock()
 		c.BytesRead = m.bytesRead.Load()
 		c.TimestampsLost = lost
+		c.AckTimestampsMissing = missing
 		c.NotPollableRecoveries = m.npRecovered.Load()
 		m.emit(Record{Kind: KindClose, Close: c})
 	})

@@ -71,7 +71,7 @@ func TestMonitorWriteRecords(t *testing.T) {
 		t.Fatalf("receiver got %d bytes, want %d", n, total)
 	}
 	// Let the last ACK timestamps arrive (delayed ACKs, a loaded machine).
-	for deadline := time.Now().Add(5 * time.Second); m.pendingWrites() > 0 && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(2 * time.Second); m.pendingWrites() > 0 && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 		m.drain()
 	}
@@ -92,16 +92,26 @@ func TestMonitorWriteRecords(t *testing.T) {
 	if len(writes) != len(want) {
 		t.Fatalf("%d write records, want %d", len(writes), len(want))
 	}
+	var noAck uint64
 	for i, w := range writes {
 		if w.Offset != want[i].off || uint64(w.Size) != want[i].size {
 			t.Errorf("write %d: offset %d size %d, want %d %d", i, w.Offset, w.Size, want[i].off, want[i].size)
 		}
-		if !(w.Start <= w.End && w.Sched > 0 && w.Sched <= w.Sent && w.Sent <= w.Acked) {
+		if !(w.Start <= w.End && w.Sched > 0 && w.Sched <= w.Sent) || (w.Acked != 0 && w.Acked < w.Sent) {
 			t.Errorf("write %d: times out of order: start %d end %d sched %d sent %d acked %d", i, w.Start, w.End, w.Sched, w.Sent, w.Acked)
+		}
+		if w.Acked == 0 {
+			noAck++
 		}
 	}
 	if cl == nil || cl.BytesWritten != total || cl.Writes != 30 || cl.TimestampsLost != 0 {
 		t.Fatalf("close record %+v, want %d bytes in 30 writes, none lost", cl, total)
+	}
+	t.Logf("%d of %d sampled writes without ACK timestamp", noAck, len(writes))
+	// The kernel now and then skips a write's ACK timestamp; the monitor
+	// must say so, and it must stay the exception.
+	if cl.AckTimestampsMissing != noAck || noAck > 1 {
+		t.Fatalf("%d writes without ACK timestamp, close record says %d; want equal and at most one", noAck, cl.AckTimestampsMissing)
 	}
 }
 

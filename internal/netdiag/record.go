@@ -121,6 +121,10 @@ type ConnClose struct {
 	// TimestampsLost counts error-queue entries that could not be matched
 	// to a write (evicted or malformed).
 	TimestampsLost uint64 `json:"ts_lost"`
+	// AckTimestampsMissing counts sampled writes logged without an
+	// acknowledgement timestamp: a later write's came first, or the
+	// connection was finished before it came.
+	AckTimestampsMissing uint64 `json:"ack_ts_missing"`
 	// NotPollableRecoveries counts reads that recovered from the Go
 	// runtime's EPOLLERR-only wakeup (see ConnMonitor.Read).
 	NotPollableRecoveries uint64 `json:"notpollable_recoveries"`
