@@ -13,7 +13,8 @@
 # aging test: ten backups of the Go tree with changes in between, restore of
 # the first and of the newest snapshot (holdfast and restic).
 #
-# Usage: bench/backup/run.sh            (RUNS=3 GEN_MIB=512 BENCH_DIR=/var/tmp/holdfast-bench-backup)
+# Usage: bench/backup/run.sh   (env: RUNS=3 GEN_MIB=512 AGING=1 BENCH_DIR=/var/tmp/holdfast-bench-backup
+#                              HF_BIN=prebuilt holdfast binary, else built from this tree)
 set -euo pipefail
 
 RUNS=${RUNS:-3}
@@ -29,7 +30,11 @@ rm -rf "$BENCH_DIR"
 mkdir -p "$BENCH_DIR"
 trap 'rm -rf "$BENCH_DIR"' EXIT
 HF="$BENCH_DIR/holdfast"
-(cd "$ROOT" && go build -o "$HF" ./cmd/holdfast)
+if [ -n "${HF_BIN:-}" ]; then
+	cp "$HF_BIN" "$HF" # a prebuilt binary
+else
+	(cd "$ROOT" && go build -o "$HF" ./cmd/holdfast)
+fi
 
 export HOLDFAST_PASSWORD=bench-pass RESTIC_PASSWORD=bench-pass BORG_PASSPHRASE=bench-pass
 export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
@@ -141,7 +146,9 @@ if [ "$AGING" = 1 ]; then
 			cp -a "$DATA_GO/src/fmt" "$BENCH_DIR/data/aging/src/fmt-copy-$i"
 		done
 		for r in $(seq 1 "$RUNS"); do
-			for which in first newest; do
+			order="first newest"
+			[ $((r % 2)) = 0 ] && order="newest first" # alternate, so drift in machine load cancels
+			for which in $order; do
 				snap=latest
 				[ "$which" = first ] && snap=$first
 				target="$BENCH_DIR/restore"
