@@ -242,7 +242,7 @@ type serverFlags struct {
 
 func (f *serverFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.server, "server", "", "back up to an agent: its state directory (local) or HOST:PORT of its api_listen (mTLS); --repo names the repository in its pool")
-	cmd.Flags().StringVar(&f.state, "client-state", defaultStateDir(), "with --server HOST:PORT: this client's cluster identity (from `holdfast cluster join`)")
+	cmd.Flags().StringVar(&f.state, "client-state", defaultStateDir(), "with --server HOST:PORT: this client's cluster identity (made by holdfast cluster join)")
 }
 
 // serverBackend opens the repository named repoName on the agent; it

@@ -83,6 +83,8 @@ type tcluster struct {
 	caDir  string
 	caAddr string
 	nodes  map[string]*tnode
+	// apiListen, when set before start, gives agents a TCP API address.
+	apiListen map[string]string
 }
 
 // newCluster starts in-process agents; the first name holds the cluster CA.
@@ -134,6 +136,9 @@ func (c *tcluster) start(name, dir string, pc Config) *tnode {
 		ac.Labels = map[string]string{}
 	}
 	ac.Labels["zone"] = "z-" + name
+	if c.apiListen != nil {
+		ac.APIListen = c.apiListen[name]
+	}
 	if err := agent.WriteConfig(dir, ac); err != nil {
 		t.Fatal(err)
 	}

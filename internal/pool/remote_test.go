@@ -3,13 +3,16 @@ package pool
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
+	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/holdfast/holdfast/internal/agent"
 	"github.com/holdfast/holdfast/internal/repo"
 	"github.com/holdfast/holdfast/internal/repo/backend"
 )
@@ -78,5 +81,71 @@ func TestBackupClientThroughAgentAPI(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusInsufficientStorage {
 		t.Errorf("oversized write: %s, want 507", resp.Status)
+	}
+}
+
+// TestBackupClientOverMTLS backs up to an agent's TCP API from a machine
+// with only a cluster identity, and checks that a client without one is
+// refused.
+func TestBackupClientOverMTLS(t *testing.T) {
+	ctx := context.Background()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	apiAddr := ln.Addr().String()
+	ln.Close()
+	c := &tcluster{t: t, root: t.TempDir(), nodes: map[string]*tnode{}, apiListen: map[string]string{"e": apiAddr}}
+	dir := filepath.Join(c.root, "e")
+	if _, err := agent.Init(dir, agent.InitOptions{Name: "e", Listen: "127.0.0.1:0"}); err != nil {
+		t.Fatal(err)
+	}
+	c.caDir = dir
+	n := c.start("e", dir, testConfig(1, 1, 64<<20))
+	c.caAddr = n.addr
+	// The client joins the cluster for a certificate but runs no agent.
+	clientDir := filepath.Join(c.root, "laptop")
+	c.join("laptop", clientDir)
+	var be *AgentBackend
+	waitFor(t, "the TCP API", 10*time.Second, func() bool {
+		be, err = DialAgentBackend(apiAddr, clientDir, "laptop", testLogger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = be.Create(ctx)
+		return err == nil
+	})
+	r, err := repo.Init(ctx, be, testPass, testInitOptions(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join(t.TempDir(), "src")
+	makeTree(t, src, 31, 512<<10)
+	sn, _, err := r.Backup(ctx, []string{src}, repo.BackupOptions{Hostname: "laptop"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	// The snapshot is in the agent's local portion, readable there.
+	local, _ := backend.NewLocal(n.svc.LocalRepoDir("laptop"))
+	lr, err := repo.Open(ctx, local, testPass, repo.OpenOptions{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := t.TempDir()
+	if _, err := lr.Restore(ctx, sn.ID, target, repo.RestoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	lr.Close()
+	treesEqual(t, src, filepath.Join(target, "src"))
+
+	// Without a cluster identity: refused before any request.
+	if _, err := DialAgentBackend(apiAddr, t.TempDir(), "laptop", nil); err == nil {
+		t.Error("a client without an identity got a backend")
+	}
+	noCert := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	if resp, err := noCert.Get("https://" + apiAddr + "/v1/pool/repos/laptop/list/snapshots"); err == nil {
+		resp.Body.Close()
+		t.Errorf("a client without a certificate got %s", resp.Status)
 	}
 }
