@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -305,5 +306,46 @@ func TestDiskFullENOSPC(t *testing.T) {
 	}
 	if err := v.WriteAt(ctx, make([]byte, 4096), 0, false); errors.Is(err, syscall.ENOSPC) {
 		t.Fatal("still ENOSPC")
+	}
+}
+
+// TestShipmentsOvertakingEachOther ships over a transport that delays
+// every other call, so later shipments reach the remote first and are
+// refused there; the shipper must settle them and resend until the remote
+// log is complete and identical.
+func TestShipmentsOvertakingEachOther(t *testing.T) {
+	ctx := context.Background()
+	siteB := startSite(t, testConfig(shortDir(t)), nil)
+	var calls atomic.Int64
+	reorder := CallerFunc(func(ctx context.Context, typ uint16, p []byte) ([]byte, error) {
+		if calls.Add(1)%2 == 1 {
+			time.Sleep(30 * time.Millisecond)
+		}
+		return siteB.m.HandleRemote(ctx, typ, p)
+	})
+	cfg := testConfig(shortDir(t))
+	cfg.ShipBatchBytes = 64 << 10
+	siteA := startSite(t, cfg, func(string) (Remote, error) { return NewRemote(reorder), nil })
+	if _, err := siteA.m.Create(ctx, CreateOptions{Name: "v", Size: 1 << 20, Remote: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	v, _ := siteA.m.Volume("v")
+	for i := 0; i < 300; i++ {
+		if err := v.WriteAt(ctx, bytes.Repeat([]byte{byte(i)}, 4096), int64(i%256)*4096, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "all shipped", 20*time.Second, func() bool {
+		in, _ := siteA.m.Get(ctx, "v")
+		return in.Replication.ShippedSeq == 300
+	})
+	if calls.Load() < 10 {
+		t.Fatalf("only %d calls: the shipments were not split", calls.Load())
+	}
+	rv, _ := siteB.m.replica("v")
+	want, got := make([]byte, 1<<20), make([]byte, 1<<20)
+	v.ReadAt(ctx, want, 0)
+	if err := rv.readAtSeq(ctx, got, 0, 300); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("remote log differs after reordered shipments (err %v)", err)
 	}
 }

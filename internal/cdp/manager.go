@@ -60,6 +60,8 @@ type Config struct {
 	SegmentBytes int64
 	// ShipBatchBytes bounds one shipment to the remote.
 	ShipBatchBytes int
+	// ShipInFlight is how many shipments may be on the way at once.
+	ShipInFlight int
 	// NBD configures the NBD server.
 	NBD nbd.Config
 }
@@ -76,6 +78,7 @@ func DefaultConfig(dir string) Config {
 		CheckpointInterval: 5 * time.Second,
 		SegmentBytes:       cdplog.DefaultSegmentBytes,
 		ShipBatchBytes:     4 << 20,
+		ShipInFlight:       4,
 		NBD:                nbd.DefaultConfig(),
 	}
 }
@@ -95,6 +98,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("cdp: SegmentBytes %d below 1 MiB", c.SegmentBytes)
 	case c.ShipBatchBytes < 64<<10 || c.ShipBatchBytes > MaxAppendBytes/2:
 		return fmt.Errorf("cdp: ShipBatchBytes %d out of range", c.ShipBatchBytes)
+	case c.ShipInFlight < 1 || c.ShipInFlight > 64:
+		return fmt.Errorf("cdp: ShipInFlight %d out of range 1..64", c.ShipInFlight)
 	}
 	return c.NBD.Validate()
 }

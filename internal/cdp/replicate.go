@@ -2,6 +2,8 @@ package cdp
 
 import (
 	"context"
+
+	"github.com/holdfast/holdfast/internal/cdp/cdplog"
 	"sort"
 	"sync"
 	"time"
@@ -14,14 +16,67 @@ func (v *Volume) shipLoop(ctx context.Context) {
 	backoff := 100 * time.Millisecond
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
-	for ctx.Err() == nil {
-		v.shipMu.Lock()
-		from := v.shipped + 1
-		v.shipMu.Unlock()
-		if from < v.log.FirstSeq() {
-			from = v.log.FirstSeq()
+	type result struct {
+		acked uint64
+		err   error
+	}
+	type shipment struct {
+		first, last uint64
+		done        chan result
+	}
+	// Up to ShipInFlight shipments are on the way at once, so that a long
+	// round trip does not idle the path; they are settled in order.
+	var queue []*shipment
+	send := func(recs []cdplog.Record) {
+		sh := &shipment{first: recs[0].Seq, last: recs[len(recs)-1].Seq, done: make(chan result, 1)}
+		queue = append(queue, sh)
+		go func() {
+			cctx, cancel := context.WithTimeout(ctx, v.m.cfg.RemoteTimeout)
+			defer cancel()
+			acked, err := v.remote.Append(cctx, v.meta.Name, v.size, recs)
+			sh.done <- result{acked, err}
+		}()
+	}
+	// drain waits for every shipment on the way and returns the highest
+	// sequence number the remote acknowledged.
+	drain := func() uint64 {
+		var hi uint64
+		for _, sh := range queue {
+			if r := <-sh.done; r.err == nil && r.acked > hi {
+				hi = r.acked
+			}
 		}
-		if from > v.applied.Load() {
+		queue = nil
+		return hi
+	}
+	defer drain()
+	v.shipMu.Lock()
+	next := v.shipped + 1
+	v.shipMu.Unlock()
+	for ctx.Err() == nil {
+		if next < v.log.FirstSeq() {
+			next = v.log.FirstSeq()
+		}
+		for len(queue) < v.m.cfg.ShipInFlight && next <= v.applied.Load() {
+			recs, err := v.log.Records(next, v.m.cfg.ShipBatchBytes)
+			if err != nil {
+				v.setShipErr(err)
+				break
+			}
+			applied := v.applied.Load()
+			for i, r := range recs {
+				if r.Seq > applied {
+					recs = recs[:i]
+					break
+				}
+			}
+			if len(recs) == 0 {
+				break
+			}
+			send(recs)
+			next = recs[len(recs)-1].Seq + 1
+		}
+		if len(queue) == 0 {
 			select {
 			case <-ctx.Done():
 				return
@@ -30,54 +85,68 @@ func (v *Volume) shipLoop(ctx context.Context) {
 			}
 			continue
 		}
-		recs, err := v.log.Records(from, v.m.cfg.ShipBatchBytes)
-		if err != nil {
-			v.setShipErr(err)
-			sleepCtx(ctx, backoff)
-			continue
+		head := queue[0]
+		var r result
+		select {
+		case <-ctx.Done():
+			return
+		case r = <-head.done:
 		}
-		for i, r := range recs {
-			if r.Seq > v.applied.Load() {
-				recs = recs[:i]
-				break
-			}
-		}
-		if len(recs) == 0 {
-			sleepCtx(ctx, 10*time.Millisecond)
-			continue
-		}
-		cctx, cancel := context.WithTimeout(ctx, v.m.cfg.RemoteTimeout)
-		acked, err := v.remote.Append(cctx, v.meta.Name, v.size, recs)
-		cancel()
-		if err != nil {
+		queue = queue[1:]
+		if r.err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			v.setShipErr(err)
+			hi := drain()
+			v.shipMu.Lock()
+			shipped := v.shipped
+			v.shipMu.Unlock()
+			if hi > shipped {
+				v.settle(hi, 0)
+				shipped = hi
+			}
+			v.setShipErr(r.err)
+			next = shipped + 1
 			sleepCtx(ctx, backoff)
 			backoff = min(2*backoff, 5*time.Second)
 			continue
 		}
 		backoff = 100 * time.Millisecond
-		now := time.Now()
-		v.shipMu.Lock()
-		if v.shipErr != "" {
-			v.logger.Info("remote CDP log reachable again", "remote", v.meta.Remote, "acked", acked)
+		acked := r.acked
+		if acked < head.last {
+			// The remote did not take all of it (it lacks earlier records,
+			// or a later shipment overtook this one): settle the rest and
+			// resume from where the remote is.
+			if hi := drain(); hi > acked {
+				acked = hi
+			}
+			next = acked + 1
 		}
-		v.shipErr = ""
-		v.shipped = acked
-		if v.degraded && acked+1 >= v.log.NextSeq() {
-			v.degraded = false
-			v.logger.Info("sync volume caught up with the remote, back to sync", "seq", acked)
-		}
-		close(v.shipCh)
-		v.shipCh = make(chan struct{})
-		v.shipMu.Unlock()
-		// The lag of a shipment is that of its oldest record: how long
-		// the write waited before the remote log held it.
-		if m, ok := v.log.Meta(recs[0].Seq); ok && acked >= recs[0].Seq {
-			v.lagHist.add(now.Sub(m.Time))
-		}
+		v.settle(acked, head.first)
+	}
+}
+
+// settle records that the remote holds everything up to acked; first is
+// the oldest record of the shipment, whose age is the lag sampled.
+func (v *Volume) settle(acked, first uint64) {
+	now := time.Now()
+	v.shipMu.Lock()
+	if v.shipErr != "" {
+		v.logger.Info("remote CDP log reachable again", "remote", v.meta.Remote, "acked", acked)
+	}
+	v.shipErr = ""
+	v.shipped = acked
+	if v.degraded && acked+1 >= v.log.NextSeq() {
+		v.degraded = false
+		v.logger.Info("sync volume caught up with the remote, back to sync", "seq", acked)
+	}
+	close(v.shipCh)
+	v.shipCh = make(chan struct{})
+	v.shipMu.Unlock()
+	// The lag of a shipment is that of its oldest record: how long the
+	// write waited before the remote log held it.
+	if m, ok := v.log.Meta(first); ok && acked >= first {
+		v.lagHist.add(now.Sub(m.Time))
 	}
 }
 

@@ -75,14 +75,20 @@ func ServeStandIn(ctx context.Context, ln net.Listener, handle func(context.Cont
 	}
 }
 
-// StandInCaller is a Caller over the stand-in transport: one connection,
-// calls in turn, redialled after a failure.
+// StandInCaller is a Caller over the stand-in transport: one connection
+// carrying any number of calls at once (the server answers them in order),
+// redialled after a failure.
 type StandInCaller struct {
 	Network, Addr string
 
-	mu sync.Mutex
-	c  net.Conn
-	br *bufio.Reader
+	mu      sync.Mutex
+	c       net.Conn
+	pending []chan standInResult // waiters, in the order requests were sent
+}
+
+type standInResult struct {
+	resp []byte
+	err  error
 }
 
 // ErrRemote wraps an error the remote agent answered with.
@@ -90,52 +96,89 @@ var ErrRemote = errors.New("remote agent")
 
 // Call sends one request and waits for its answer.
 func (s *StandInCaller) Call(ctx context.Context, msgType uint16, payload []byte) ([]byte, error) {
+	ch := make(chan standInResult, 1)
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.c == nil {
 		var d net.Dialer
 		c, err := d.DialContext(ctx, s.Network, s.Addr)
 		if err != nil {
+			s.mu.Unlock()
 			return nil, fmt.Errorf("dialing %s: %w", s.Addr, err)
 		}
-		s.c, s.br = c, bufio.NewReaderSize(c, 1<<20)
+		s.c = c
+		go s.readLoop(c)
 	}
-	resp, err := s.call(ctx, msgType, payload)
-	if err != nil && !errors.Is(err, ErrRemote) {
-		s.c.Close()
-		s.c = nil
-	}
-	return resp, err
-}
-
-func (s *StandInCaller) call(ctx context.Context, msgType uint16, payload []byte) ([]byte, error) {
-	dl, ok := ctx.Deadline()
-	if !ok {
-		dl = time.Now().Add(time.Minute)
-	}
-	s.c.SetDeadline(dl)
+	c := s.c
 	h := make([]byte, 6, 6+len(payload))
 	binary.BigEndian.PutUint32(h, uint32(len(payload)))
 	binary.BigEndian.PutUint16(h[4:], msgType)
-	if _, err := s.c.Write(append(h, payload...)); err != nil {
-		return nil, fmt.Errorf("sending to %s: %w", s.Addr, err)
+	s.pending = append(s.pending, ch)
+	c.SetWriteDeadline(time.Now().Add(time.Minute))
+	if _, err := c.Write(append(h, payload...)); err != nil {
+		s.failLocked(c, fmt.Errorf("sending to %s: %w", s.Addr, err))
 	}
-	var rh [5]byte
-	if _, err := io.ReadFull(s.br, rh[:]); err != nil {
-		return nil, fmt.Errorf("reading answer from %s: %w", s.Addr, err)
+	s.mu.Unlock()
+	select {
+	case r := <-ch:
+		return r.resp, r.err
+	case <-ctx.Done():
+		// The answer can no longer be matched to a caller that waits:
+		// reset the connection (every call on it fails and is retried).
+		s.mu.Lock()
+		s.failLocked(c, fmt.Errorf("call to %s: %w", s.Addr, ctx.Err()))
+		s.mu.Unlock()
+		return nil, ctx.Err()
 	}
-	n := binary.BigEndian.Uint32(rh[1:])
-	if n > maxStandInFrame {
-		return nil, fmt.Errorf("answer of %d bytes from %s", n, s.Addr)
+}
+
+func (s *StandInCaller) readLoop(c net.Conn) {
+	br := bufio.NewReaderSize(c, 1<<20)
+	for {
+		var rh [5]byte
+		_, err := io.ReadFull(br, rh[:])
+		var resp []byte
+		if err == nil {
+			n := binary.BigEndian.Uint32(rh[1:])
+			if n > maxStandInFrame {
+				err = fmt.Errorf("answer of %d bytes", n)
+			} else {
+				resp = make([]byte, n)
+				_, err = io.ReadFull(br, resp)
+			}
+		}
+		s.mu.Lock()
+		if err != nil {
+			s.failLocked(c, fmt.Errorf("reading answer from %s: %w", s.Addr, err))
+			s.mu.Unlock()
+			return
+		}
+		if s.c != c || len(s.pending) == 0 {
+			s.mu.Unlock()
+			return
+		}
+		ch := s.pending[0]
+		s.pending = s.pending[1:]
+		s.mu.Unlock()
+		if rh[0] != 0 {
+			ch <- standInResult{err: fmt.Errorf("%w %s: %s", ErrRemote, s.Addr, resp)}
+		} else {
+			ch <- standInResult{resp: resp}
+		}
 	}
-	resp := make([]byte, n)
-	if _, err := io.ReadFull(s.br, resp); err != nil {
-		return nil, fmt.Errorf("reading answer from %s: %w", s.Addr, err)
+}
+
+// failLocked ends connection c (if still current), failing every call
+// waiting on it.
+func (s *StandInCaller) failLocked(c net.Conn, err error) {
+	if s.c != c {
+		return
 	}
-	if rh[0] != 0 {
-		return nil, fmt.Errorf("%w %s: %s", ErrRemote, s.Addr, resp)
+	c.Close()
+	s.c = nil
+	for _, ch := range s.pending {
+		ch <- standInResult{err: err}
 	}
-	return resp, nil
+	s.pending = nil
 }
 
 // Close closes the connection.
@@ -143,7 +186,7 @@ func (s *StandInCaller) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.c != nil {
-		return s.c.Close()
+		s.failLocked(s.c, errors.New("stand-in caller closed"))
 	}
 	return nil
 }
