@@ -15,8 +15,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"github.com/holdfast/holdfast/internal/repo/backend"
 )
 
 // ErrPartial is returned (wrapped) by Backup when the snapshot was saved but
@@ -331,7 +329,7 @@ func (a *archiver) startProgress() func() {
 		a.pw.statMu.Lock()
 		stored := a.pw.bytesStored
 		a.pw.statMu.Unlock()
-		a.opts.Progress(Progress{Files: a.filesDone.Load(), Bytes: a.bytesRead.Load() + a.totalBytes.Load() - a.bytesRead.Load(), Stored: stored})
+		a.opts.Progress(Progress{Files: a.filesDone.Load(), Bytes: a.bytesRead.Load(), Stored: stored})
 	}
 	go func() {
 		defer close(done)
@@ -631,6 +629,3 @@ func (a *archiver) blobWorker() {
 		<-a.slots
 	}
 }
-
-// ensure backend import is used for documentation links.
-var _ backend.Handle

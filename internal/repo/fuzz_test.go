@@ -148,3 +148,30 @@ func FuzzDecodeObject(f *testing.F) {
 		}
 	})
 }
+
+func FuzzDecodeConfig(f *testing.F) {
+	good, _ := json.Marshal(Config{Version: 1, ID: "x", Chunker: DefaultInitOptions().Chunker, PackSize: DefaultPackSize})
+	f.Add(append([]byte{frameRaw}, good...))
+	f.Add([]byte{frameRaw, '{', '}'})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		cfg, err := decodeConfig(b)
+		if err != nil {
+			return
+		}
+		if cfg.Chunker.Validate() != nil || cfg.PackSize < MinPackSize || cfg.PackSize > MaxPackTarget {
+			t.Fatalf("invalid config accepted: %+v", cfg)
+		}
+	})
+}
+
+func FuzzDecodeLock(f *testing.F) {
+	good, _ := json.Marshal(lockInfo{Time: time.Unix(100, 0), Exclusive: true, Hostname: "h", PID: 4})
+	f.Add(good)
+	f.Add([]byte(`{"pid":-1}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		li, err := decodeLock(b)
+		if err == nil && (li.Time.IsZero() || li.PID < 0) {
+			t.Fatalf("invalid lock accepted: %+v", li)
+		}
+	})
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
@@ -38,9 +39,25 @@ type lockInfo struct {
 	PID       int       `json:"pid"`
 }
 
+// decodeLock parses a decrypted lock file.
+func decodeLock(b []byte) (lockInfo, error) {
+	var li lockInfo
+	if len(b) > maxObjectSize {
+		return li, errors.New("lock file too large")
+	}
+	if err := json.Unmarshal(b, &li); err != nil {
+		return li, fmt.Errorf("decoding lock: %w", err)
+	}
+	if li.Time.IsZero() || li.PID < 0 {
+		return li, errors.New("decoding lock: missing time or bad pid")
+	}
+	return li, nil
+}
+
 // Lock is a held repository lock.
 type Lock struct {
 	r    *Repository
+	mu   sync.Mutex // guards info and id against a concurrent refresh
 	info lockInfo
 	id   ID
 }
@@ -77,9 +94,9 @@ func (r *Repository) locks(ctx context.Context, skip ID) (live map[ID]lockInfo, 
 		if err != nil {
 			return nil, nil, fmt.Errorf("reading lock %s: %w", id.Short(), err)
 		}
-		var li lockInfo
-		if err := json.Unmarshal(b, &li); err != nil {
-			return nil, nil, fmt.Errorf("decoding lock %s: %w", id.Short(), err)
+		li, err := decodeLock(b)
+		if err != nil {
+			return nil, nil, fmt.Errorf("lock %s: %w", id.Short(), err)
 		}
 		if li.stale(now, host) {
 			stale = append(stale, id)
@@ -149,6 +166,8 @@ func (l *Lock) write(ctx context.Context) error {
 
 // Refresh rewrites the lock with the current time.
 func (l *Lock) Refresh(ctx context.Context) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	old := l.id
 	l.info.Time = time.Now().UTC()
 	if err := l.write(ctx); err != nil {
@@ -175,6 +194,8 @@ func (l *Lock) KeepFresh(ctx context.Context) error {
 
 // Unlock removes the lock file.
 func (l *Lock) Unlock(ctx context.Context) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	return l.r.be.Remove(ctx, backend.Handle{Type: backend.LockFile, Name: l.id.String()})
 }
 

@@ -214,21 +214,9 @@ func Open(ctx context.Context, be backend.Backend, pass string, opts OpenOptions
 	if err != nil {
 		return nil, fmt.Errorf("decrypting config: %w", err)
 	}
-	var cfg Config
-	if len(plain) < 1 || plain[0] != frameRaw {
-		return nil, errors.New("parsing config: unknown framing")
-	}
-	if err := json.Unmarshal(plain[1:], &cfg); err != nil {
-		return nil, fmt.Errorf("parsing config: %w", err)
-	}
-	if cfg.Version != formatVersion {
-		return nil, fmt.Errorf("unsupported repository version %d", cfg.Version)
-	}
-	if err := cfg.Chunker.Validate(); err != nil {
-		return nil, fmt.Errorf("config: %w", err)
-	}
-	if cfg.PackSize < MinPackSize || cfg.PackSize > MaxPackTarget {
-		return nil, fmt.Errorf("config: pack size %d invalid", cfg.PackSize)
+	cfg, err := decodeConfig(plain)
+	if err != nil {
+		return nil, err
 	}
 	r, err := newRepository(be, mk, cfg, opts.Logger)
 	if err != nil {
@@ -241,6 +229,30 @@ func Open(ctx context.Context, be backend.Backend, pass string, opts OpenOptions
 		}
 	}
 	return r, nil
+}
+
+// decodeConfig parses and validates the decrypted config file.
+func decodeConfig(plain []byte) (Config, error) {
+	var cfg Config
+	if len(plain) < 1 || plain[0] != frameRaw {
+		return cfg, errors.New("parsing config: unknown framing")
+	}
+	if len(plain) > maxObjectSize {
+		return cfg, errors.New("parsing config: too large")
+	}
+	if err := json.Unmarshal(plain[1:], &cfg); err != nil {
+		return cfg, fmt.Errorf("parsing config: %w", err)
+	}
+	if cfg.Version != formatVersion {
+		return cfg, fmt.Errorf("unsupported repository version %d", cfg.Version)
+	}
+	if err := cfg.Chunker.Validate(); err != nil {
+		return cfg, fmt.Errorf("config: %w", err)
+	}
+	if cfg.PackSize < MinPackSize || cfg.PackSize > MaxPackTarget {
+		return cfg, fmt.Errorf("config: pack size %d invalid", cfg.PackSize)
+	}
+	return cfg, nil
 }
 
 // Config returns the repository configuration.
