@@ -330,7 +330,11 @@ func (t *transport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, e
 	msg = append(msg, byte(len(self)))
 	msg = append(msg, self...)
 	msg = append(msg, b...)
-	return time.Now(), s.Send(ctx, MsgPacket, msg)
+	// No deadline on the send itself: a frame written with a deadline
+	// that passes while it waits behind a large shard frame ends the whole
+	// session (wire sets the deadline on the connection). A gossip packet
+	// is small; it waits its turn, and a dead session unblocks it.
+	return time.Now(), s.Send(context.Background(), MsgPacket, msg)
 }
 
 func (t *transport) handlePacket(ctx context.Context, r *wire.Request) ([]byte, error) {
@@ -383,7 +387,7 @@ func (t *transport) DialAddressTimeout(a memberlist.Address, timeout time.Durati
 		return nil, err
 	}
 	c := t.newConn(s, t.nextID.Add(1), true, a.Addr)
-	if err := c.send(ctx, kindOpen, nil); err != nil {
+	if err := c.send(context.Background(), kindOpen, nil); err != nil {
 		t.drop(c)
 		return nil, err
 	}
@@ -548,19 +552,16 @@ func (c *streamConn) Write(p []byte) (int, error) {
 	if closed {
 		return 0, net.ErrClosed
 	}
+	// Like packets, stream frames are written without a deadline (see
+	// WriteToAddress); the write deadline is checked before each frame.
 	ctx := context.Background()
-	if !dl.IsZero() {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, dl)
-		defer cancel()
-	}
 	const chunk = 1 << 20
 	for off := 0; off < len(p); off += chunk {
 		end := min(off+chunk, len(p))
+		if !dl.IsZero() && !time.Now().Before(dl) {
+			return off, timeoutError{}
+		}
 		if err := c.send(ctx, kindData, p[off:end]); err != nil {
-			if ctx.Err() != nil {
-				return off, timeoutError{}
-			}
 			return off, err
 		}
 	}
@@ -582,9 +583,7 @@ func (c *streamConn) Close() error {
 	c.cond.Broadcast()
 	c.mu.Unlock()
 	c.t.drop(c)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	_ = c.send(ctx, kindClose, nil)
+	go func() { _ = c.send(context.Background(), kindClose, nil) }()
 	return nil
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/holdfast/holdfast/internal/peer"
 	"github.com/holdfast/holdfast/internal/repo/backend"
+	"github.com/holdfast/holdfast/internal/wire"
 )
 
 // protectedTypes are the repository file types that get a peer version;
@@ -21,6 +22,10 @@ import (
 var protectedTypes = []backend.FileType{backend.KeyFile, backend.PackFile, backend.IndexFile, backend.SnapshotFile}
 
 const configName = "config"
+
+// fetchRetries is how often a shard piece is asked for again after the
+// session to its holder broke.
+const fetchRetries = 2
 
 // protectWorkers bounds files being given a peer version at once.
 const protectWorkers = 3
@@ -408,7 +413,17 @@ func (s *Service) fetchShard(ctx context.Context, origin string, e *peer.FileEnt
 		if err != nil {
 			return nil, err
 		}
-		piece, err := s.call(ctx, p, peer.MsgShardGet, b)
+		var piece []byte
+		for try := 0; ; try++ {
+			piece, err = s.call(ctx, p, peer.MsgShardGet, b)
+			var re *wire.RemoteError
+			// A session that broke is dialled again; the holder's own
+			// answer (it lacks the shard) is not retried.
+			if err == nil || try == fetchRetries || errors.As(err, &re) || ctx.Err() != nil {
+				break
+			}
+			time.Sleep(time.Duration(try+1) * 200 * time.Millisecond)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("fetching shard %d of %s from %s: %w", idx, e.Key(), p, err)
 		}
