@@ -6,6 +6,9 @@
 #
 #   sudo bench/slo/run.sh            # 3 runs of each mode
 #   RUNS=5 bench/slo/run.sh
+#   JSON=out.json bench/slo/run.sh   # also every run's result, class changes
+#                                    # and timeline, as JSON
+#   LAB_PATH="rate 20Mbit, rtt 40ms" bench/slo/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if [ "$(id -u)" != 0 ]; then
