@@ -290,7 +290,7 @@ func (c *Client) dial(ctx context.Context, peer string) (*conn, error) {
 	mux.Handle(MsgPrime, func(ctx context.Context, req *wire.Request) ([]byte, error) { return nil, nil })
 	if c.cfg.Service != nil {
 		mux.Handle(MsgBegin, c.cfg.Service.handleBegin)
-		mux.Handle(MsgBlock, c.cfg.Service.handleBlock)
+		mux.HandleBorrowed(MsgBlock, c.cfg.Service.handleBlock)
 		mux.Handle(MsgCommit, c.cfg.Service.handleCommit)
 		mux.Handle(MsgEnd, c.cfg.Service.handleEnd)
 	}

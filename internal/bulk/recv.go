@@ -109,7 +109,9 @@ func (s *Service) Register(mux *wire.Mux) {
 	mux.Handle(MsgPing, func(ctx context.Context, req *wire.Request) ([]byte, error) { return nil, nil })
 	mux.Handle(MsgPrime, func(ctx context.Context, req *wire.Request) ([]byte, error) { return nil, nil })
 	mux.Handle(MsgBegin, s.handleBegin)
-	mux.Handle(MsgBlock, s.handleBlock)
+	// handleBlock writes the block before it returns: it may borrow the
+	// payload buffer instead of getting one allocated per block.
+	mux.HandleBorrowed(MsgBlock, s.handleBlock)
 	mux.Handle(MsgCommit, s.handleCommit)
 	mux.Handle(MsgEnd, s.handleEnd)
 	mux.Handle(MsgFetch, s.handleFetch)

@@ -173,6 +173,14 @@ func (f *Frame) Encode() ([]byte, error) {
 // input that ends inside a frame yields io.ErrUnexpectedEOF; one that ends
 // cleanly between frames yields io.EOF.
 func ReadFrame(r io.Reader, maxPayload int) (*Frame, error) {
+	return readFrame(r, maxPayload, nil)
+}
+
+// readFrame is ReadFrame with the payload buffer supplied by buf (when not
+// nil and it returns a buffer): the session's read loop lends one reused
+// buffer to handlers that do not keep their payload (Mux.HandleBorrowed),
+// which spares a large allocation per bulk data frame.
+func readFrame(r io.Reader, maxPayload int, buf func(kind Kind, typ MsgType, n int) []byte) (*Frame, error) {
 	if maxPayload <= 0 || maxPayload > HardMaxPayload {
 		maxPayload = DefaultMaxPayload
 	}
@@ -216,7 +224,12 @@ func ReadFrame(r io.Reader, maxPayload int) (*Frame, error) {
 	if err := decodeExt(ext, f); err != nil {
 		return nil, err
 	}
-	f.Payload = make([]byte, payLen)
+	if buf != nil {
+		f.Payload = buf(f.Kind, f.Type, int(payLen))
+	}
+	if f.Payload == nil {
+		f.Payload = make([]byte, payLen)
+	}
 	if _, err := io.ReadFull(r, f.Payload); err != nil {
 		return nil, truncated(err)
 	}
