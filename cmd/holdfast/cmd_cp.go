@@ -154,7 +154,7 @@ func runCp(cmd *cobra.Command, o cpOptions, args []string) error {
 		rep, err = cl.SendFiles(cmd.Context(), addr, srcs, dst, opts)
 	}
 	sloRep := sr.finish()
-	if opts.Progress != nil {
+	if !o.noProgress && !globals.json { // end the progress bar's line
 		fmt.Fprintln(cmd.ErrOrStderr())
 	}
 	if rep != nil {
