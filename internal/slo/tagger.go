@@ -175,7 +175,7 @@ func (t *Tagger) Step(now time.Time) Decision {
 	}
 	if now.After(t.lastAt) {
 		t.timeBy[cur] += now.Sub(t.lastAt)
-		t.bytesBy[cur] += done - t.lastDone
+		t.bytesBy[cur] += max(done-t.lastDone, 0) // progress never counts backwards
 		t.lastAt, t.lastDone = now, done
 	}
 	d := t.dec.Observe(Observation{Now: now, Done: done, Total: total})
