@@ -91,16 +91,17 @@ type blobJob struct {
 }
 
 type archiver struct {
-	r     *Repository
-	ctx   context.Context
-	opts  BackupOptions
-	pw    *packWriter
-	names *idNames
-	files chan fileJob
-	blobs chan blobJob
-	slots chan struct{} // one per chunk handed to the blob workers
-	bufs  sync.Pool     // read buffers, 2×max chunk
-	sbufs sync.Pool     // read buffers for small files
+	r       *Repository
+	ctx     context.Context
+	opts    BackupOptions
+	pw      *packWriter
+	names   *idNames
+	files   chan fileJob
+	blobs   chan blobJob
+	slots   chan struct{} // one per chunk handed to the blob workers
+	walkers chan struct{} // one per directory being read concurrently
+	bufs    sync.Pool     // read buffers, 2×max chunk
+	sbufs   sync.Pool     // read buffers for small files
 
 	filesDone, bytesRead, filesNew, filesChanged, filesUnmod, dirs atomic.Int64
 	totalBytes, dataBlobs, treeBlobs, dataAdded                    atomic.Int64
@@ -131,6 +132,9 @@ func (a *archiver) failed() error {
 	defer a.failMu.Unlock()
 	return a.fail
 }
+
+// dirWalkers is how many directories are read concurrently.
+const dirWalkers = 4
 
 // smallFile: files below this size are read into a buffer of this size
 // and stored by the file worker itself.
@@ -212,7 +216,7 @@ func (r *Repository) backup(ctx context.Context, paths []string, opts BackupOpti
 	defer cancel()
 	a := &archiver{r: r, ctx: actx, opts: opts, names: newIDNames(),
 		files: make(chan fileJob, 64), blobs: make(chan blobJob, runtime.GOMAXPROCS(0)),
-		slots: make(chan struct{}, runtime.GOMAXPROCS(0))}
+		slots: make(chan struct{}, runtime.GOMAXPROCS(0)), walkers: make(chan struct{}, dirWalkers)}
 	a.pw = r.newPackWriter(actx)
 	bufSize := r.cfg.Chunker.Max + 1<<20
 	a.bufs.New = func() any { b := make([]byte, bufSize); return &b }
@@ -413,9 +417,28 @@ func (a *archiver) walk(path, name string, fi os.FileInfo, prev *Node) *future {
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
+// walkDir saves a directory. Directories are read by up to walkers
+// goroutines at once (a directory is read inline when all are busy), so
+// that metadata system calls overlap.
 func (a *archiver) walkDir(path string, n *Node, prev *Node) *future {
 	a.dirs.Add(1)
 	f := &future{done: make(chan struct{}), node: n}
+	select {
+	case a.walkers <- struct{}{}:
+		go func() {
+			children := a.scanDir(path, prev)
+			<-a.walkers
+			a.finishDir(f, n, children)
+		}()
+	default:
+		children := a.scanDir(path, prev)
+		go a.finishDir(f, n, children)
+	}
+	return f
+}
+
+// scanDir reads a directory and starts saving its entries.
+func (a *archiver) scanDir(path string, prev *Node) []*future {
 	var prevTree *Tree
 	if prev != nil && prev.Type == NodeDir && prev.Subtree != nil {
 		t, err := a.r.LoadTree(a.ctx, *prev.Subtree)
@@ -443,27 +466,29 @@ func (a *archiver) walkDir(path string, n *Node, prev *Node) *future {
 		}
 		children = append(children, a.walk(cp, e.Name(), fi, prevTree.Find(e.Name())))
 	}
-	go func() {
-		defer close(f.done)
-		t := &Tree{Nodes: make([]*Node, 0, len(children))}
-		for _, c := range children {
-			<-c.done
-			if c.err != nil {
-				f.err = c.err
-				return
-			}
-			if !c.skip {
-				t.Nodes = append(t.Nodes, c.node)
-			}
-		}
-		id, err := a.saveTree(t)
-		if err != nil {
-			f.err = err
+	return children
+}
+
+// finishDir waits for a directory's entries and saves its tree.
+func (a *archiver) finishDir(f *future, n *Node, children []*future) {
+	defer close(f.done)
+	t := &Tree{Nodes: make([]*Node, 0, len(children))}
+	for _, c := range children {
+		<-c.done
+		if c.err != nil {
+			f.err = c.err
 			return
 		}
-		n.Subtree = &id
-	}()
-	return f
+		if !c.skip {
+			t.Nodes = append(t.Nodes, c.node)
+		}
+	}
+	id, err := a.saveTree(t)
+	if err != nil {
+		f.err = err
+		return
+	}
+	n.Subtree = &id
 }
 
 func (a *archiver) saveTree(t *Tree) (ID, error) {
