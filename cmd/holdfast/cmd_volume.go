@@ -311,6 +311,7 @@ func newVolumeServeCommand(o *volumeOptions) *cobra.Command {
 	var retention time.Duration
 	var peers []string
 	var segment string
+	var inFlight int
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the volume service without the agent daemon (NBD server and volume API)",
@@ -318,6 +319,7 @@ func newVolumeServeCommand(o *volumeOptions) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			sc.Manager = cdp.DefaultConfig(o.state)
 			sc.Manager.Retention = retention
+			sc.Manager.ShipInFlight = inFlight
 			if segment != "" {
 				n, err := parseSize(segment)
 				if err != nil {
@@ -344,6 +346,7 @@ func newVolumeServeCommand(o *volumeOptions) *cobra.Command {
 	cmd.Flags().StringVar(&sc.NBDSocket, "nbd-socket", "", "unix socket for NBD clients (default <state>/nbd.sock)")
 	cmd.Flags().DurationVar(&retention, "retention", 24*time.Hour, "how long every write stays restorable")
 	cmd.Flags().StringVar(&segment, "segment-size", "", "CDP log segment size (default 64M)")
+	cmd.Flags().IntVar(&inFlight, "ship-in-flight", 4, "shipments to a remote log on the way at once")
 	cmd.Flags().StringVar(&sc.RemoteListen, "remote-listen", "", "serve remote CDP logs to peers on unix:/path or tcp:host:port (stand-in for the agent wire)")
 	cmd.Flags().StringArrayVar(&peers, "peer", nil, "NAME=ADDR of a peer's --remote-listen (repeatable)")
 	return cmd

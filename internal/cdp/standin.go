@@ -81,6 +81,7 @@ func ServeStandIn(ctx context.Context, ln net.Listener, handle func(context.Cont
 type StandInCaller struct {
 	Network, Addr string
 
+	wmu     sync.Mutex // serializes request writes (taken before mu)
 	mu      sync.Mutex
 	c       net.Conn
 	pending []chan standInResult // waiters, in the order requests were sent
@@ -97,27 +98,36 @@ var ErrRemote = errors.New("remote agent")
 // Call sends one request and waits for its answer.
 func (s *StandInCaller) Call(ctx context.Context, msgType uint16, payload []byte) ([]byte, error) {
 	ch := make(chan standInResult, 1)
+	// The request is written without holding mu, so that the reader can
+	// hand out answers meanwhile; wmu keeps requests and waiters in the
+	// same order.
+	s.wmu.Lock()
 	s.mu.Lock()
 	if s.c == nil {
 		var d net.Dialer
 		c, err := d.DialContext(ctx, s.Network, s.Addr)
 		if err != nil {
 			s.mu.Unlock()
+			s.wmu.Unlock()
 			return nil, fmt.Errorf("dialing %s: %w", s.Addr, err)
 		}
 		s.c = c
 		go s.readLoop(c)
 	}
 	c := s.c
+	s.pending = append(s.pending, ch)
+	s.mu.Unlock()
 	h := make([]byte, 6, 6+len(payload))
 	binary.BigEndian.PutUint32(h, uint32(len(payload)))
 	binary.BigEndian.PutUint16(h[4:], msgType)
-	s.pending = append(s.pending, ch)
 	c.SetWriteDeadline(time.Now().Add(time.Minute))
-	if _, err := c.Write(append(h, payload...)); err != nil {
-		s.failLocked(c, fmt.Errorf("sending to %s: %w", s.Addr, err))
+	_, werr := c.Write(append(h, payload...))
+	s.wmu.Unlock()
+	if werr != nil {
+		s.mu.Lock()
+		s.failLocked(c, fmt.Errorf("sending to %s: %w", s.Addr, werr))
+		s.mu.Unlock()
 	}
-	s.mu.Unlock()
 	select {
 	case r := <-ch:
 		return r.resp, r.err
