@@ -64,6 +64,22 @@ func sumTree(t *testing.T, dir string) map[string][32]byte {
 
 func outBytes(l *lab.Lab, from, to int) uint64 { return l.Stats(from, to).Total.OutBytes }
 
+// cpuSeconds is the user+system CPU time a process has used.
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseFloat(f[11], 64)
+	k, _ := strconv.ParseFloat(f[12], 64)
+	return (u + k) / 100 // USER_HZ
+}
+
 func TestLabProtectAndRestore(t *testing.T) {
 	if err := lab.Available(); err != nil {
 		t.Skip(err)
@@ -160,6 +176,14 @@ func TestLabProtectAndRestore(t *testing.T) {
 	for p := 1; p < 5; p++ {
 		sent0 += outBytes(l, 0, p)
 	}
+	agentsCPU := func(idx ...int) float64 {
+		var sum float64
+		for _, i := range idx {
+			sum += cpuSeconds(procs[i].Process.Pid)
+		}
+		return sum
+	}
+	cpu0 := agentsCPU(0, 1, 2, 3, 4)
 	t0 := time.Now()
 	run(t, exec.Command(bin, "backup", "--server", dirs[0], "--repo", "bench", src))
 	t1 := time.Now()
@@ -176,6 +200,7 @@ func TestLabProtectAndRestore(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t2 := time.Now()
+	cpuProtect := agentsCPU(0, 1, 2, 3, 4) - cpu0
 	var sent uint64
 	var perPath []string
 	for p := 1; p < 5; p++ {
@@ -187,11 +212,13 @@ func TestLabProtectAndRestore(t *testing.T) {
 	repoBytes := st.Backups[0].Bytes
 	protectWindow := t2.Sub(t0).Seconds()
 	fmt.Printf("lab: 5 agents, every pair %d Mbit/s, RTT %v, MTU %d; 2+2 coding over 4 peers\n", rate/1_000_000, 2*delay, mtu)
-	fmt.Printf("| phase | data | time | IP bytes on paths | path use |\n|---|---|---|---|---|\n")
-	fmt.Printf("| backup (client -> origin agent, local) | %.2f GiB source, %.2f GiB repository | %.1f s | - | - |\n", float64(size)/(1<<30), float64(repoBytes)/(1<<30), t1.Sub(t0).Seconds())
-	fmt.Printf("| backup end -> full peer protection (level 2) | %.2f GiB of shards | %.1f s after backup end (%.1f s from backup start) | %.2f GiB | %s of each origin->peer path over the whole window (%.0f%% of 4 x %d Mbit/s) |\n",
+	load, _ := os.ReadFile("/proc/loadavg")
+	fmt.Printf("load average at the end of protection: %s\n", strings.Join(strings.Fields(string(load))[:3], " "))
+	fmt.Printf("| phase | data | time | IP bytes on paths | path use | agents' CPU |\n|---|---|---|---|---|---|\n")
+	fmt.Printf("| backup (client -> origin agent, local) | %.2f GiB source, %.2f GiB repository | %.1f s | - | - | - |\n", float64(size)/(1<<30), float64(repoBytes)/(1<<30), t1.Sub(t0).Seconds())
+	fmt.Printf("| backup end -> full peer protection (level 2) | %.2f GiB of shards | %.1f s after backup end (%.1f s from backup start) | %.2f GiB | %s of each origin->peer path over the whole window (%.0f%% of 4 x %d Mbit/s) | %.1f s (all 5, backup window included) |\n",
 		float64(2*repoBytes)/(1<<30), t2.Sub(t1).Seconds(), protectWindow, float64(sent)/(1<<30), strings.Join(perPath, ", "),
-		float64(sent)*8/protectWindow/(4*rate)*100, rate/1_000_000)
+		float64(sent)*8/protectWindow/(4*rate)*100, rate/1_000_000, cpuProtect)
 
 	// Disaster: the origin and two peers are lost.
 	for _, i := range []int{0, 1, 2} {
@@ -207,9 +234,11 @@ func TestLabProtectAndRestore(t *testing.T) {
 		got0 += outBytes(l, p, 0)
 	}
 	target := filepath.Join(root, "restored")
+	cpu3 := agentsCPU(0, 3, 4)
 	t3 := time.Now()
 	out := run(t, exec.Command(bin, "--json", "restore", "--from-peers", "--state", dirs[0], "--repo", "bench", "--target", target, "latest"))
 	t4 := time.Now()
+	cpuRebuild := agentsCPU(0, 3, 4) - cpu3
 	var res pool.RestoreResult
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
 		t.Fatalf("decoding restore result: %v\n%s", err, out)
@@ -220,9 +249,9 @@ func TestLabProtectAndRestore(t *testing.T) {
 	}
 	got -= got0
 	rb := res.Rebuild.Seconds
-	fmt.Printf("| disaster restore: rebuild repository from 2 surviving peers | %.2f GiB | %.1f s | %.2f GiB | %.0f%% of 2 x %d Mbit/s |\n",
-		float64(res.Rebuild.Bytes)/(1<<30), rb, float64(got)/(1<<30), float64(got)*8/rb/(2*rate)*100, rate/1_000_000)
-	fmt.Printf("| disaster restore: total (rebuild + restore of the files) | %.2f GiB | %.1f s | - | - |\n", float64(res.Restore.Bytes)/(1<<30), t4.Sub(t3).Seconds())
+	fmt.Printf("| disaster restore: rebuild repository from 2 surviving peers | %.2f GiB | %.1f s | %.2f GiB | %.0f%% of 2 x %d Mbit/s | %.1f s (new origin + 2 peers) |\n",
+		float64(res.Rebuild.Bytes)/(1<<30), rb, float64(got)/(1<<30), float64(got)*8/rb/(2*rate)*100, rate/1_000_000, cpuRebuild)
+	fmt.Printf("| disaster restore: total (rebuild + restore of the files) | %.2f GiB | %.1f s | - | - | - |\n", float64(res.Restore.Bytes)/(1<<30), t4.Sub(t3).Seconds())
 	want, have := sumTree(t, src), sumTree(t, filepath.Join(target, "src"))
 	if len(want) != len(have) {
 		t.Fatalf("restored %d files, want %d", len(have), len(want))
