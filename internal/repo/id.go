@@ -47,6 +47,11 @@ func ParseID(s string) (ID, error) {
 // IDs is a sortable list of IDs.
 type IDs []ID
 
-func (s IDs) Len() int           { return len(s) }
+// Len implements sort.Interface.
+func (s IDs) Len() int { return len(s) }
+
+// Less orders IDs bytewise.
 func (s IDs) Less(i, j int) bool { return string(s[i][:]) < string(s[j][:]) }
-func (s IDs) Swap(i, j int)      { s[i], s[j] = s[j], s[i] }
+
+// Swap implements sort.Interface.
+func (s IDs) Swap(i, j int) { s[i], s[j] = s[j], s[i] }

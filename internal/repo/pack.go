@@ -14,6 +14,7 @@ const (
 	TreeBlob BlobType = 1
 )
 
+// String returns "data" or "tree".
 func (t BlobType) String() string {
 	switch t {
 	case DataBlob:
