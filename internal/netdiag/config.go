@@ -42,16 +42,17 @@ type Config struct {
 }
 
 // DefaultConfig returns the configuration holdfast uses on its own
-// connections: a write timestamped at most every 5 ms, every message
-// recorded, TCP_INFO every 100 ms. bench/netdiag measures its cost.
+// connections: a write timestamped at most every 20 ms, every message
+// recorded, TCP_INFO every 100 ms, the error queue read every 50 ms.
+// bench/netdiag measures its cost.
 func DefaultConfig() Config {
 	return Config{
 		KernelTimestamps:    true,
 		WriteSampleEvery:    1,
-		WriteSampleInterval: 5 * time.Millisecond,
+		WriteSampleInterval: 20 * time.Millisecond,
 		MsgSampleEvery:      1,
 		TCPInfoInterval:     100 * time.Millisecond,
-		DrainInterval:       10 * time.Millisecond,
+		DrainInterval:       50 * time.Millisecond,
 	}
 }
 

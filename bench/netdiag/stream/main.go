@@ -3,7 +3,7 @@
 // that acknowledges each with a netdiag.Ack, for -bytes in total. The
 // sender's connection is unmonitored ("off"), monitored with
 // netdiag.DefaultConfig ("default": a write kernel-timestamped at most every
-// 5 ms, every message recorded, TCP_INFO every 100 ms, records written to a
+// 20 ms, every message recorded, TCP_INFO every 100 ms, records written to a
 // log directory), monitored with every write kernel-timestamped
 // ("every-write"), or with TCP_INFO and message records but no kernel
 // timestamps ("tcpinfo"); "off-again" repeats "off" to show the noise
