@@ -6,8 +6,10 @@
 // timestamps (keyed by byte offset) and TCP_INFO samples, and the records
 // land in the same log that `holdfast netdiag report` reads.
 //
-// What the report says about a leg is about the flow the proxy writes on
-// it: on the server leg "receiving application" means the server read
+// The server leg is labelled with the server's address, the client leg
+// with the client's host (so that one client's connections are summarised
+// together). What the report says about a leg is about the flow the proxy
+// writes on it: on the server leg "receiving application" means the server read
 // slowly and "sending application" that the client paused; on the client
 // leg the roles swap.
 package proxy
@@ -188,6 +190,13 @@ func (p *Proxy) handle(ctx context.Context, client *net.TCPConn) error {
 	if p.cfg.Measure {
 		ccfg := p.cfg.Monitor
 		ccfg.Role = RoleToClient
+		// Clients are summarised per host: one client's connections come
+		// from ever new ports.
+		if ccfg.Peer == "" {
+			if host, _, err := net.SplitHostPort(client.RemoteAddr().String()); err == nil {
+				ccfg.Peer = host
+			}
+		}
 		cm, err := netdiag.NewConnMonitor(client, ccfg, p.sink, p.log)
 		if err != nil {
 			client.Close()
