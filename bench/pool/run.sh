@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Peer-pool benchmarks.
-#  1. Reed-Solomon encode/reconstruct throughput on one core (medians of 5
+#  1. Reed-Solomon encode/reconstruct throughput on one core (medians of 7
 #     runs), by instruction-set path, next to BLAKE3 and memcpy on the same
 #     core and the library's published figures.
 #  2. (with LAB=1, as root) time from backup end to full peer protection,
@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 echo "## Reed-Solomon, one core, 4 MiB shards ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F))"
-go run ./bench/pool/rsbench -runs 5 -time 300ms
+go run ./bench/pool/rsbench -runs 7 -time 300ms
 cat <<'PUB'
 
 published (klauspost/reedsolomon v1.14.2 README, 1 MB shards, 32 threads,

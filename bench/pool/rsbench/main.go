@@ -19,7 +19,7 @@ import (
 )
 
 func main() {
-	runs := flag.Int("runs", 5, "runs per case; the median is shown")
+	runs := flag.Int("runs", 7, "runs per case; the median is shown")
 	shardMiB := flag.Int("shard", 4, "shard size in MiB (4 MiB: a 16 MiB pack at 4+2)")
 	dur := flag.Duration("time", 300*time.Millisecond, "time per run")
 	flag.Parse()
@@ -36,7 +36,7 @@ func main() {
 		{"pure Go", []reedsolomon.Option{reedsolomon.WithGFNI(false), reedsolomon.WithAVX512(false), reedsolomon.WithAVXGFNI(false), reedsolomon.WithAVX2(false), reedsolomon.WithSSSE3(false)}},
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "scheme\tpath\tencode MB/s (all shards)\tencode MB/s (data)\treconstruct %s MB/s (data)\t\n", "2 lost")
+	fmt.Fprintf(tw, "scheme\tpath\tencode MB/s, all shards: median (best)\tencode MB/s, data\treconstruct 2 lost, MB/s data\t\n")
 	for _, sc := range [][2]int{{4, 2}, {5, 2}, {10, 4}} {
 		k, m := sc[0], sc[1]
 		for _, p := range paths {
@@ -67,19 +67,20 @@ func main() {
 					_ = enc.ReconstructData(work)
 				})
 			})
-			fmt.Fprintf(tw, "%d+%d\t%s\t%.0f\t%.0f\t%.0f\t\n", k, m, p.name, encRate*float64(k+m)/float64(k), encRate, recRate)
+			all := stat{encRate.med * float64(k+m) / float64(k), encRate.best * float64(k+m) / float64(k)}
+			fmt.Fprintf(tw, "%d+%d\t%s\t%s\t%s\t%s\t\n", k, m, p.name, all, encRate, recRate)
 		}
 	}
 	buf := make([]byte, size)
 	b3 := median(*runs, func() float64 {
 		return rate(*dur, int64(size), func() { _ = blake3.Sum256(buf) })
 	})
-	fmt.Fprintf(tw, "-\tBLAKE3 checksum (baseline)\t\t%.0f\t\t\n", b3)
+	fmt.Fprintf(tw, "-\tBLAKE3 checksum (baseline)\t\t%s\t\t\n", b3)
 	cp := make([]byte, size)
 	mc := median(*runs, func() float64 {
 		return rate(*dur, int64(size), func() { copy(cp, buf) })
 	})
-	fmt.Fprintf(tw, "-\tmemcpy (baseline)\t\t%.0f\t\t\n", mc)
+	fmt.Fprintf(tw, "-\tmemcpy (baseline)\t\t%s\t\t\n", mc)
 	tw.Flush()
 }
 
@@ -96,11 +97,18 @@ func rate(d time.Duration, n int64, f func()) float64 {
 	return float64(n) * float64(calls) / time.Since(start).Seconds() / 1e6
 }
 
-func median(n int, f func() float64) float64 {
+// stat runs f n times and returns the median and the best result: on a
+// shared machine the best run is closest to what the core can do, the
+// median to what it did.
+type stat struct{ med, best float64 }
+
+func (s stat) String() string { return fmt.Sprintf("%.0f (%.0f)", s.med, s.best) }
+
+func median(n int, f func() float64) stat {
 	v := make([]float64, n)
 	for i := range v {
 		v[i] = f()
 	}
 	slices.Sort(v)
-	return v[n/2]
+	return stat{v[n/2], v[n-1]}
 }
