@@ -49,7 +49,7 @@ the evidence in figures. Signals that fired are marked with '!'.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&opts.dir, "dir", netdiag.DefaultDir(), "netdiag log directory")
+	f.StringVar(&opts.dir, "dir", netdiag.DirIn(defaultStateDir()), "netdiag log directory (default <state>/netdiag, state from HOLDFAST_STATE)")
 	f.StringVar(&opts.peer, "peer", "", "only this peer (host or host:port)")
 	f.DurationVar(&opts.since, "since", 0, "only the last duration, e.g. 10m (default: everything in the log)")
 	return cmd
@@ -84,7 +84,7 @@ TCP_INFO) into the netdiag log. Run 'holdfast netdiag report' on the same
 	f := cmd.Flags()
 	f.StringVar(&opts.listen, "listen", "", "address to accept clients on, e.g. :8080 (required)")
 	f.StringVar(&opts.to, "to", "", "server address, e.g. 10.0.0.5:80 (required)")
-	f.StringVar(&opts.dir, "dir", netdiag.DefaultDir(), "netdiag log directory")
+	f.StringVar(&opts.dir, "dir", netdiag.DirIn(defaultStateDir()), "netdiag log directory (default <state>/netdiag, state from HOLDFAST_STATE)")
 	f.BoolVar(&opts.noMeasure, "no-measure", false, "forward only, record nothing (baseline)")
 	f.IntVar(&opts.sampleEvery, "sample-every", 1, "kernel-timestamp one write in N")
 	f.DurationVar(&opts.sampleIntvl, "sample-interval", netdiag.DefaultConfig().WriteSampleInterval, "least time between kernel-timestamped writes per connection (0: no limit)")

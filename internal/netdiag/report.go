@@ -135,22 +135,6 @@ func (r Report) WriteText(w io.Writer) error {
 	return err
 }
 
-// DefaultDir returns the default log directory: $HOLDFAST_STATE_DIR/netdiag,
-// else /var/lib/holdfast/netdiag for root, else
-// $XDG_STATE_HOME (or ~/.local/state)/holdfast/netdiag.
-func DefaultDir() string {
-	if d := os.Getenv("HOLDFAST_STATE_DIR"); d != "" {
-		return filepath.Join(d, "netdiag")
-	}
-	if os.Geteuid() == 0 {
-		return "/var/lib/holdfast/netdiag"
-	}
-	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
-		return filepath.Join(d, "holdfast", "netdiag")
-	}
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return filepath.Join(os.TempDir(), "holdfast-netdiag")
-	}
-	return filepath.Join(home, ".local", "state", "holdfast", "netdiag")
-}
+// DirIn returns the netdiag log directory inside an agent state
+// directory: <state>/netdiag.
+func DirIn(state string) string { return filepath.Join(state, "netdiag") }
