@@ -81,6 +81,9 @@ func cpuSeconds(pid int) float64 {
 }
 
 func TestLabProtectAndRestore(t *testing.T) {
+	if os.Getenv("POOL_LAB_BENCH") != "1" {
+		t.Skip("a benchmark, not a test: run it with bench/pool/run.sh (LAB=1), which sets POOL_LAB_BENCH=1")
+	}
 	if err := lab.Available(); err != nil {
 		t.Skip(err)
 	}

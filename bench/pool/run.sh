@@ -17,5 +17,5 @@ all-shard MB/s): 5+2 AVX2 202,283 -> 6,321 per thread; GFNI 241,747 ->
 7,555 per thread; pure Go 40,690 -> 1,272 per thread.
 PUB
 if [[ "${LAB:-0}" == 1 ]]; then
-  go test ./bench/pool/ -run TestLabProtectAndRestore -count=1 -v -timeout 20m 2>&1 | grep -E '^\s*(lab|\||---|ok|FAIL)'
+  POOL_LAB_BENCH=1 go test ./bench/pool/ -run TestLabProtectAndRestore -count=1 -v -timeout 20m 2>&1 | grep -E '^\s*(lab|\||---|ok|FAIL)'
 fi

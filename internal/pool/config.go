@@ -96,6 +96,23 @@ func DefaultConfig() Config {
 	}
 }
 
+// SchemeFor picks an erasure-coding scheme for a cluster in which an
+// origin has peers other agents: the default 4+2 from six peers up, 2+2
+// with four or five (every shard still on its own peer), 2+1 with three,
+// 1+1 (a copy) with one or two.
+func SchemeFor(peers int) peer.Scheme {
+	switch {
+	case peers >= 6:
+		return peer.DefaultScheme()
+	case peers >= 4:
+		return peer.Scheme{K: 2, M: 2}
+	case peers == 3:
+		return peer.Scheme{K: 2, M: 1}
+	default:
+		return peer.Scheme{K: 1, M: 1}
+	}
+}
+
 // MinCapacity is the smallest pool accepted.
 const MinCapacity = 1 << 20
 
