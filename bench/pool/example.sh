@@ -49,4 +49,4 @@ sleep 2
 echo "== restore --from-peers on a fresh agent a"
 "$H" restore --from-peers --state "$D/a" --repo laptop --target "$D/restored" latest
 diff -r "$D/src" "$D/restored/src" && echo "restored tree is byte-identical"
-"$H" pool status --state "$D/a" | head -12
+"$H" pool protect --state "$D/a" | sed -n "/backups/,/protection:/p"
