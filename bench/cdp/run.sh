@@ -2,7 +2,8 @@
 # bench/cdp/run.sh: CDP volumes against qemu-nbd serving a raw file, side by
 # side in one run, all over unix sockets.
 #
-#   sudo bash bench/cdp/run.sh            (RUNS=3 RUNTIME=5 by default)
+#   sudo bash bench/cdp/run.sh            (RUNS=3 RUNTIME=5 by default;
+#                                          ONLY_LAG=1 runs part 3 alone)
 #
 # Part 1: fio (ioengine=nbd) 4 KiB random writes at QD1 and QD16 and 1 MiB
 #         sequential writes, and qemu-img bench (4 KiB writes, QD16), against
@@ -30,6 +31,7 @@ for t in fio qemu-img qemu-nbd python3; do command -v $t >/dev/null || { echo "m
 go build -o "$W/holdfast" "$ROOT/cmd/holdfast"
 H="$W/holdfast"
 
+if [ "${ONLY_LAG:-0}" != 1 ]; then
 # --- servers -----------------------------------------------------------------
 mkdir -p "$W/hf"
 "$H" volume serve --state "$W/hf" --nbd-listen "" --log-level warn 2>"$W/hf.log" &
@@ -125,10 +127,12 @@ kill "${PIDS[@]}" 2>/dev/null || true
 wait 2>/dev/null || true
 PIDS=()
 
+fi
+
 # --- replication lag over the lab path ------------------------------------------
 if [ "$(id -u)" != 0 ]; then echo "replication lag: skipped (needs root for the lab)"; exit 0; fi
 LAB=cdpb
-"$H" lab up --name $LAB --rtt 40ms --rate 200Mbit --quiet >"$W/lab.log" 2>&1 &
+"$H" lab up --name $LAB --rtt 40ms --rate 200Mbit --json --interval 500ms >"$W/lab.log" 2>&1 &
 LABPID=$!
 PIDS+=($LABPID)
 for _ in $(seq 100); do ip netns list | grep -q "hflab-$LAB-h1" && break; sleep 0.1; done
@@ -141,7 +145,7 @@ PIDS+=($!)
 for _ in $(seq 50); do [ -S "$W/a/agent.sock" ] && [ -S "$W/b/agent.sock" ] && break; sleep 0.1; done
 echo
 echo "replication lag over the lab path (200 Mbit/s, 40 ms RTT), async, ${LAGTIME}s of load"
-printf "%-34s %12s %12s %12s %14s\n" "load" "p50 lag s" "p99 lag s" "max RPO s" "shipped/total"
+printf "%-42s %10s %10s %10s %14s %12s\n" "load" "p50 lag s" "p99 lag s" "max RPO s" "shipped/total" "emu late ms"
 for load in "64k seq writes at 8 MiB/s (67 Mbit/s):64k:8m" "64k seq writes at 16 MiB/s (134 Mbit/s):64k:16m" "4k rand writes at 2000 IOPS:4k:2000"; do
 	IFS=: read -r label bs rate <<<"$load"
 	vol=lag$RANDOM
@@ -151,14 +155,38 @@ for load in "64k seq writes at 8 MiB/s (67 Mbit/s):64k:8m" "64k seq writes at 16
 		--time_based --runtime=$LAGTIME --output-format=json >/dev/null 2>&1 &
 	FIO=$!
 	maxrpo=0
+	labfrom=$(wc -l <"$W/lab.log")
 	while kill -0 $FIO 2>/dev/null; do
 		r=$("$H" volume info $vol --state "$W/a" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["replication"]["lag_seconds"])')
 		maxrpo=$(python3 -c "print(max($maxrpo, $r))")
-		sleep 0.5
+		sleep 1
 	done
 	sleep 2
+	# How far behind schedule the lab emulator delivered packets meanwhile
+	# (milliseconds mean it was starved of CPU: the figures are not faithful).
+	late=$(tail -n +"$((labfrom + 1))" "$W/lab.log" | python3 -c '
+import json, sys
+m = 0
+for line in sys.stdin:
+    try:
+        j = json.loads(line)
+    except ValueError:
+        continue
+    def walk(o):
+        global m
+        if isinstance(o, dict):
+            for k, v in o.items():
+                if k == "max_lag_ns" and isinstance(v, (int, float)):
+                    m = max(m, v)
+                else:
+                    walk(v)
+        elif isinstance(o, list):
+            for v in o:
+                walk(v)
+    walk(j)
+print("%.1f" % (m / 1e6))')
 	"$H" volume info $vol --state "$W/a" --json | python3 -c '
 import json, sys
 i = json.load(sys.stdin); r = i["replication"]
-print("%-34s %12.3f %12.3f %12.3f %14s" % (sys.argv[1], r["lag_p50_seconds"], r["lag_p99_seconds"], float(sys.argv[2]), "%d/%d" % (r["shipped_seq"], i["last_seq"])))' "$label" "$maxrpo"
+print("%-42s %10.3f %10.3f %10.3f %14s %12s" % (sys.argv[1], r["lag_p50_seconds"], r["lag_p99_seconds"], float(sys.argv[2]), "%d/%d" % (r["shipped_seq"], i["last_seq"]), sys.argv[3]))' "$label" "$maxrpo" "$late"
 done
