@@ -59,6 +59,7 @@ type ConnMonitor struct {
 	nmsgs       uint64
 	tsLost      uint64
 	ackMissing  uint64
+	sinceDrain  int // timestamped writes since the error queue was read
 	tsUnmatched uint64
 
 	closed      atomic.Bool
@@ -73,6 +74,7 @@ type ConnMonitor struct {
 
 type pendingMsg struct {
 	offset uint64
+	end    uint64 // byte offset just past the message's last byte
 	size   int
 	sentAt int64
 }
@@ -218,6 +220,13 @@ func (m *ConnMonitor) Write(p []byte) (int, error) {
 		if m.tsOn {
 			m.mu.Lock()
 			m.addPending(uint32(off+uint64(n)-1), w)
+			// Error-queue entries count against the socket's receive
+			// buffer and the kernel drops timestamps beyond it: when
+			// writes are timestamped faster than the drain ticker empties
+			// the queue, drain here too.
+			if m.sinceDrain++; m.sinceDrain >= drainEveryWrites {
+				m.drainLocked()
+			}
 			m.mu.Unlock()
 		} else {
 			m.emit(Record{Kind: KindWrite, Write: w})
@@ -290,6 +299,7 @@ func (m *ConnMonitor) drain() {
 }
 
 func (m *ConnMonitor) drainLocked() {
+	m.sinceDrain = 0
 	_ = m.raw.Control(func(fd uintptr) {
 		m.errq.read(int(fd), func(oob []byte) {
 			if oob == nil {
@@ -373,7 +383,23 @@ func (m *ConnMonitor) Sent(msgID uint64, offset uint64, size int, t time.Time) {
 	if len(m.msgs) >= MaxPendingMsgs {
 		return
 	}
-	m.msgs[msgID] = pendingMsg{offset: offset, size: size, sentAt: t.UnixNano()}
+	m.msgs[msgID] = pendingMsg{offset: offset, end: offset + uint64(size), size: size, sentAt: t.UnixNano()}
+}
+
+// SentEnd records that the last byte of message msgID has just been
+// written through the monitor. Call it after writing when a layer above the
+// monitor (TLS, framing) changes the number of bytes on the wire, so that
+// Sent's offset+size is not where the message ends on the connection; the
+// message's transit can then be split at the kernel's timestamps of its
+// last write. Unknown ids (already acknowledged) are ignored.
+func (m *ConnMonitor) SentEnd(msgID uint64) {
+	end := m.Offset()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if pm, ok := m.msgs[msgID]; ok {
+		pm.end = end
+		m.msgs[msgID] = pm
+	}
 }
 
 // ErrUnknownMsg is returned by Acked for an id that Sent never recorded
@@ -400,7 +426,7 @@ func (m *ConnMonitor) Acked(msgID uint64, recv, handoff time.Time) error {
 		return nil
 	}
 	rec := &MsgRecord{
-		ID: msgID, Offset: pm.offset, Size: pm.size,
+		ID: msgID, Offset: pm.offset, End: pm.end, Size: pm.size,
 		SentAt: pm.sentAt, AckedAt: now,
 		RecvAt: recv.UnixNano(), HandoffAt: handoff.UnixNano(),
 	}
@@ -436,6 +462,10 @@ func isNotPollable(err error) bool {
 	var oe *net.OpError
 	return errors.As(err, &oe) && oe.Err != nil && oe.Err.Error() == "not pollable"
 }
+
+// drainEveryWrites is how many timestamped writes may queue their
+// timestamps (three each) before a write reads the error queue itself.
+const drainEveryWrites = 8
 
 // readDirectPoll is the poll(2) timeout of one readDirect wait, which is
 // also the longest a concurrent Close waits for it.

@@ -95,7 +95,11 @@ func (w WriteRecord) AckTime() time.Duration {
 type MsgRecord struct {
 	ID     uint64 `json:"id"`
 	Offset uint64 `json:"off"`
-	Size   int    `json:"size"`
+	// End is the byte offset just past the message's last byte on the
+	// connection (Offset+Size unless a layer above the monitor, such as
+	// TLS, changed the byte count; see ConnMonitor.SentEnd).
+	End  uint64 `json:"end,omitempty"`
+	Size int    `json:"size"`
 	// SentAt is when the sender handed the message to the connection.
 	SentAt int64 `json:"sent"`
 	// AckedAt is when the sender received the acknowledgement.

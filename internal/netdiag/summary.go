@@ -301,7 +301,11 @@ func addConn(a *peerAcc, c *connData) {
 		}
 	}
 	for _, m := range c.msgs {
-		if w, ok := byEnd[m.Offset+uint64(m.Size)]; ok && w.Sent >= m.SentAt && m.AckedAt >= w.Acked {
+		end := m.End
+		if end == 0 {
+			end = m.Offset + uint64(m.Size)
+		}
+		if w, ok := byEnd[end]; ok && w.Sent >= m.SentAt && m.AckedAt >= w.Acked {
 			a.sq = append(a.sq, time.Duration(w.Sent-m.SentAt))
 			a.wire = append(a.wire, time.Duration(w.Acked-w.Sent))
 			a.rcv = append(a.rcv, time.Duration(m.AckedAt-w.Acked))
