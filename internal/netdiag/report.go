@@ -52,20 +52,28 @@ func BuildReport(ctx context.Context, opts ReportOptions) (Report, error) {
 	if now.IsZero() {
 		now = time.Now()
 	}
+	var since int64
+	rep := Report{Dir: opts.Dir}
+	if opts.Since > 0 {
+		since = now.Add(-opts.Since).UnixNano()
+		rep.Since = opts.Since.String()
+	}
+	// Keep only what the summaries use: the selected peers, and before the
+	// window only the TCP_INFO samples that feed the baselines.
 	var recs []Record
-	st, err := ReadLog(opts.Dir, func(r Record) { recs = append(recs, r) })
+	st, err := ReadLog(opts.Dir, func(r Record) {
+		if (opts.Peer != "" && !MatchPeer(r.Peer, opts.Peer)) || (r.Time < since && r.TCPInfo == nil) {
+			return
+		}
+		recs = append(recs, r)
+	})
 	if err != nil {
 		return Report{}, err
 	}
 	if err := ctx.Err(); err != nil {
 		return Report{}, err
 	}
-	var since int64
-	rep := Report{Dir: opts.Dir, Log: st}
-	if opts.Since > 0 {
-		since = now.Add(-opts.Since).UnixNano()
-		rep.Since = opts.Since.String()
-	}
+	rep.Log = st
 	sums := Summarize(recs, since, opts.Peer)
 	for _, s := range sums {
 		rep.Verdicts = append(rep.Verdicts, Classify(s, th))
