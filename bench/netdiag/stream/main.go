@@ -48,6 +48,7 @@ func main() {
 	runs := flag.Int("runs", 5, "runs per mode")
 	modes := flag.String("modes", "off,default,every-write,off-again", "modes to run, interleaved")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile here")
+	bookN := flag.Int("bookkeeping", 200000, "messages for the bookkeeping measurement (0: skip)")
 	flag.Parse()
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
@@ -103,6 +104,159 @@ func main() {
 		}
 		fmt.Printf("%-12s %12.1f %22s %14.3f %22s\n", mode, quantile(tp, 0.5), st, quantile(cpu, 0.5), sc)
 	}
+	if *bookN > 0 {
+		var offCPU, offRate []float64
+		for _, r := range all {
+			if r.mode == "off" {
+				offCPU = append(offCPU, r.cpuPerGiB())
+				offRate = append(offRate, r.rate())
+			}
+		}
+		ns, sampleNs, err := bookkeeping(*bookN, dir, log)
+		if err != nil {
+			fatal(err)
+		}
+		tsOn, err := writeCost(*bookN/10, true, dir, log)
+		if err != nil {
+			fatal(err)
+		}
+		tsOff, err := writeCost(*bookN/10, false, dir, log)
+		if err != nil {
+			fatal(err)
+		}
+		ts := max(tsOn-tsOff, 0)
+		fmt.Println()
+		fmt.Printf("bookkeeping per message (Sent + AckedFrom + record encoded and written): %.0f ns (%d messages)\n", ns, *bookN)
+		fmt.Printf("per TCP_INFO sample (getsockopt, 3 ioctl/getsockopt, record): %.0f ns\n", sampleNs)
+		fmt.Printf("extra per kernel-timestamped write (1 KiB writes, %d each way): %.0f ns (%.0f with, %.0f without)\n", *bookN/10, ts, tsOn, tsOff)
+		if len(offCPU) > 0 {
+			off := quantile(offCPU, 0.5)
+			msgs := float64(int64(1<<30) / int64(*msg))
+			// At most one timestamped write per WriteSampleInterval, and
+			// one write per message: at off's rate a GiB takes secs.
+			secs := 1024 / quantile(offRate, 0.5)
+			stamped := min(msgs, secs/netdiag.DefaultConfig().WriteSampleInterval.Seconds())
+			samples := secs / netdiag.DefaultConfig().TCPInfoInterval.Seconds()
+			book, tsc, tic := ns*1e-9*msgs, ts*1e-9*stamped, sampleNs*1e-9*samples
+			fmt.Printf("budget per GiB at %d-byte messages (%.2f s per GiB): bookkeeping %.5f s + timestamps %.5f s (%.0f writes) + TCP_INFO %.5f s (%.0f samples) = %.2f%% of off's %.3f CPU s/GiB\n",
+				*msg, secs, book, tsc, stamped, tic, samples, 100*(book+tsc+tic)/off, off)
+		}
+	}
+}
+
+// writeCost returns the process CPU time per 1 KiB write through a
+// monitor, with every write kernel-timestamped or with timestamps off,
+// while a goroutine waits in Read on the same connection (as an
+// acknowledgement reader does, and is woken by every timestamp).
+func writeCost(n int, timestamps bool, dir string, log *slog.Logger) (float64, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			_, _ = io.Copy(io.Discard, c)
+			c.Close()
+		}
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		return 0, err
+	}
+	rcfg := netdiag.DefaultRecorderConfig(dir)
+	rcfg.Buffer = 4*n + 16
+	rec, err := netdiag.NewRecorder(rcfg, log)
+	if err != nil {
+		return 0, err
+	}
+	cfg := netdiag.DefaultConfig()
+	cfg.TCPInfoInterval = 0
+	cfg.WriteSampleInterval = 0
+	cfg.KernelTimestamps = timestamps
+	mon, err := netdiag.NewConnMonitor(c.(*net.TCPConn), cfg, rec, log)
+	if err != nil {
+		return 0, err
+	}
+	go func() { _, _ = mon.Read(make([]byte, 1)) }()
+	buf := make([]byte, 1024)
+	cpu0 := cpuSeconds()
+	for range n {
+		if _, err := mon.Write(buf); err != nil {
+			return 0, err
+		}
+	}
+	time.Sleep(20 * time.Millisecond) // the last ACK timestamps
+	mon.Close()
+	if err := rec.Close(); err != nil {
+		return 0, err
+	}
+	return (cpuSeconds() - cpu0) * 1e9 / float64(n), nil
+}
+
+// bookkeeping measures the process CPU time the monitor spends per
+// message outside the kernel's data path: recording the send, taking the
+// acknowledgement, and encoding and writing the record to the log.
+func bookkeeping(n int, dir string, log *slog.Logger) (perMsg, perSample float64, err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, 0, err
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			_, _ = io.Copy(io.Discard, c)
+			c.Close()
+		}
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		return 0, 0, err
+	}
+	rcfg := netdiag.DefaultRecorderConfig(dir)
+	rcfg.Buffer = n + n/20 + 16
+	rcfg.FlushInterval = time.Hour // encode everything at Close, measured
+	rec, err := netdiag.NewRecorder(rcfg, log)
+	if err != nil {
+		return 0, 0, err
+	}
+	cfg := netdiag.DefaultConfig()
+	cfg.TCPInfoInterval = 0
+	mon, err := netdiag.NewConnMonitor(c.(*net.TCPConn), cfg, rec, log)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer mon.Close()
+	cpu0 := cpuSeconds()
+	t := time.Now()
+	for i := range n {
+		id := uint64(i + 1)
+		mon.Sent(id, uint64(i)<<20, 1<<20, t)
+		if err := mon.AckedFrom(netdiag.Ack{MsgID: id, RecvUnixNano: t.UnixNano(), HandoffUnixNano: t.UnixNano()}); err != nil {
+			return 0, 0, err
+		}
+	}
+	cpu1 := cpuSeconds()
+	samples := n / 20
+	for range samples {
+		mon.Sample()
+	}
+	cpu2 := cpuSeconds()
+	if err := rec.Close(); err != nil { // waits for every record to be written
+		return 0, 0, err
+	}
+	if d := rec.Dropped(); d > 0 {
+		return 0, 0, fmt.Errorf("%d records dropped", d)
+	}
+	// The records are encoded by the writer at Close: split that time
+	// between messages and samples by count.
+	enc := cpuSeconds() - cpu2
+	share := float64(n) / float64(n+samples)
+	perMsg = (cpu1 - cpu0 + enc*share) * 1e9 / float64(n)
+	perSample = (cpu2 - cpu1 + enc*(1-share)) * 1e9 / float64(samples)
+	return perMsg, perSample, nil
 }
 
 func find(all []result, run int, mode string) *result {
