@@ -20,6 +20,7 @@ import (
 	"log"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -90,6 +91,7 @@ type Gossip struct {
 	// seen holds every member name gossip has ever reported (Run's
 	// goroutine only).
 	seen map[string]bool
+	ev   *events
 }
 
 // New prepares gossip for agent a and registers its wire handlers; Run
@@ -98,7 +100,7 @@ func New(a *agent.Agent, wm *wire.Mux, cfg Config) (*Gossip, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	g := &Gossip{a: a, cfg: cfg, log: a.Logger().With("service", "membership"), seen: map[string]bool{}}
+	g := &Gossip{a: a, cfg: cfg, log: a.Logger().With("service", "membership"), seen: map[string]bool{}, ev: &events{m: map[string]Member{}}}
 	g.tr = newTransport(a, g.log)
 	wm.Handle(MsgPacket, g.tr.handlePacket)
 	wm.Handle(MsgStream, g.tr.handleStream)
@@ -108,16 +110,19 @@ func New(a *agent.Agent, wm *wire.Mux, cfg Config) (*Gossip, error) {
 // Run starts memberlist, joins the peers the agent has sessions with, and
 // keeps joining new ones until ctx ends; then it leaves.
 func (g *Gossip) Run(ctx context.Context) error {
+	// The advertise address is known once the agent listens; ask its API
+	// (which answers only then) rather than reading the agent's state.
 	var adv string
 	for adv == "" {
-		adv = g.a.Status().Advertise
-		if adv == "" || strings.HasSuffix(adv, ":0") {
-			adv = ""
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(50 * time.Millisecond):
-			}
+		st, err := agent.NewClient(g.a.StateDir()).Status(ctx)
+		if err == nil && !strings.HasSuffix(st.Advertise, ":0") {
+			adv = st.Advertise
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
 	g.tr.setSelf(adv)
@@ -128,6 +133,7 @@ func (g *Gossip) Run(ctx context.Context) error {
 	mc.Name = g.a.Name()
 	mc.Transport = g.tr
 	mc.Delegate = &delegate{meta: g.cfg.Meta}
+	mc.Events = g.ev
 	mc.Logger = log.New(slogWriter{g.log}, "", 0)
 	mc.EnableCompression = false
 	ml, err := memberlist.Create(mc)
@@ -155,7 +161,7 @@ func (g *Gossip) Run(ctx context.Context) error {
 // known. A member that left or died is not joined again from here: when it
 // comes back, it joins the cluster itself.
 func (g *Gossip) joinConnected(ml *memberlist.Memberlist) {
-	for _, m := range ml.Members() {
+	for _, m := range g.ev.members() {
 		g.seen[m.Name] = true
 	}
 	var addrs []string
@@ -172,19 +178,45 @@ func (g *Gossip) joinConnected(ml *memberlist.Memberlist) {
 	}
 }
 
-// Members returns every member gossip knows, this agent included.
+// Members returns every member gossip knows, this agent included; members
+// that left or died are listed with Alive false until they come back.
 func (g *Gossip) Members() []Member {
-	ml := g.ml.Load()
-	if ml == nil {
-		return nil
+	return g.ev.members()
+}
+
+// events keeps a copy of memberlist's view, fed by its event callbacks:
+// the *Node values memberlist hands out keep changing under its own lock,
+// so they are copied while memberlist calls us and never read later.
+type events struct {
+	mu sync.Mutex
+	m  map[string]Member
+}
+
+func (e *events) set(n *memberlist.Node, alive bool) {
+	m := Member{
+		Name: n.Name, Addr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))),
+		Alive: alive, State: stateName(n.State), Meta: append([]byte(nil), n.Meta...),
 	}
-	var out []Member
-	for _, n := range ml.Members() {
-		out = append(out, Member{
-			Name: n.Name, Addr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))),
-			Alive: n.State == memberlist.StateAlive, State: stateName(n.State), Meta: append([]byte(nil), n.Meta...),
-		})
+	if !alive && m.State == "alive" {
+		m.State = "left"
 	}
+	e.mu.Lock()
+	e.m[n.Name] = m
+	e.mu.Unlock()
+}
+
+func (e *events) NotifyJoin(n *memberlist.Node)   { e.set(n, true) }
+func (e *events) NotifyLeave(n *memberlist.Node)  { e.set(n, false) }
+func (e *events) NotifyUpdate(n *memberlist.Node) { e.set(n, true) }
+
+func (e *events) members() []Member {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]Member, 0, len(e.m))
+	for _, m := range e.m {
+		out = append(out, m)
+	}
+	slices.SortFunc(out, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 

@@ -85,10 +85,13 @@ func TestGossipOverWireSessions(t *testing.T) {
 		stop := func() { once.Do(func() { cancel(); <-done }) }
 		t.Cleanup(stop)
 		stops[n], svcs[n] = stop, s
-		waitFor(t, n+" listening", func() bool { return a.Status().Listen != "" })
-		if i == 0 {
-			caAddr = a.Status().Listen
-		}
+		waitFor(t, n+" listening", func() bool {
+			st, err := agent.NewClient(dir).Status(context.Background())
+			if err == nil && i == 0 {
+				caAddr = st.Listen
+			}
+			return err == nil
+		})
 	}
 	for _, n := range names {
 		waitFor(t, n+" to know every member's record", func() bool {

@@ -151,7 +151,11 @@ func (c *tcluster) start(name, dir string, pc Config) *tnode {
 	n := &tnode{name: name, dir: dir, cfg: pc, a: a, svc: svc, cancel: cancel, done: make(chan error, 1)}
 	go func() { n.done <- a.Run(ctx) }()
 	waitFor(t, name+" listening", 10*time.Second, func() bool {
-		n.addr = a.Status().Listen
+		st, err := agent.NewClient(dir).Status(context.Background())
+		if err != nil {
+			return false
+		}
+		n.addr = st.Listen
 		return n.addr != ""
 	})
 	t.Cleanup(func() { n.stop(t) })

@@ -251,6 +251,7 @@ func (s *Service) Round(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	s.pushMap(ctx)
+	s.flushDeletes(ctx)
 	s.mu.Lock()
 	s.lastScan = time.Now()
 	s.mu.Unlock()
@@ -653,10 +654,40 @@ func (s *Service) repairFile(ctx context.Context, key string, idxs []int, old ma
 	s.log.Info("re-created shards", "file", key, "shards", placed, "from", old)
 	for _, i := range idxs {
 		if p := old[i]; p != "" && e.Shards[i].Peer != p {
-			go s.deleteRemote(context.WithoutCancel(ctx), p, peer.ShardID{Ref: e.FileRef, Idx: i})
+			s.deleteLater(p, peer.ShardID{Ref: e.FileRef, Idx: i})
 		}
 	}
 	return errors.Join(err, serr)
+}
+
+// pendingDelete is a shard copy no longer in the shard map, to delete
+// from its holder once the map without it has reached the peers: until
+// then a peer's copy of the map may still point at it.
+type pendingDelete struct {
+	peer string
+	id   peer.ShardID
+}
+
+func (s *Service) deleteLater(p string, id peer.ShardID) {
+	s.mu.Lock()
+	s.deletes = append(s.deletes, pendingDelete{p, id})
+	s.mu.Unlock()
+}
+
+// flushDeletes deletes stale shard copies, once the current map has been
+// delivered to every connected peer.
+func (s *Service) flushDeletes(ctx context.Context) {
+	s.mu.Lock()
+	if s.dirty || len(s.deletes) == 0 {
+		s.mu.Unlock()
+		return
+	}
+	todo := s.deletes
+	s.deletes = nil
+	s.mu.Unlock()
+	for _, d := range todo {
+		s.deleteRemote(ctx, d.peer, d.id)
+	}
 }
 
 func (s *Service) deleteRemote(ctx context.Context, p string, id peer.ShardID) {
@@ -685,7 +716,7 @@ func (s *Service) dropMissing(ctx context.Context, repo string, present map[stri
 	for _, e := range gone {
 		for i, sh := range e.Shards {
 			if sh.Peer != "" {
-				s.deleteRemote(ctx, sh.Peer, peer.ShardID{Ref: e.FileRef, Idx: i})
+				s.deleteLater(sh.Peer, peer.ShardID{Ref: e.FileRef, Idx: i})
 			}
 		}
 	}

@@ -52,6 +52,7 @@ type Service struct {
 	lastUp    map[string]time.Time     // last time each peer was connected
 	bad       map[string]string        // peers that failed a proof -> why
 	localUsed int64
+	deletes   []pendingDelete // stale shard copies, deleted after the map is out
 	lastScan  time.Time
 	started   time.Time
 
