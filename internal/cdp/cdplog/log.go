@@ -27,7 +27,7 @@ type Options struct {
 	SegmentBytes int64
 }
 
-// Meta is what the log keeps in memory about each record.
+// Meta describes a record without its data.
 type Meta struct {
 	Seq    uint64
 	Time   time.Time
@@ -35,8 +35,18 @@ type Meta struct {
 	Offset uint64
 	Length uint64
 	Label  string // marks only
-	seg    int    // index into Log.segs
-	pos    int64  // offset of the record header in its segment
+}
+
+// rec is what the log keeps in memory about each record; it holds no
+// pointers, so the garbage collector does not scan the (large) slice.
+type rec struct {
+	Seq    uint64
+	TimeNs int64
+	Kind   Kind
+	Offset uint64
+	Length uint64
+	seg    int   // index into Log.segs
+	pos    int64 // offset of the record header in its segment
 }
 
 type segment struct {
@@ -58,9 +68,10 @@ type Log struct {
 
 	mu       sync.RWMutex
 	segs     []*segment
-	metas    []Meta // metas[i].Seq == first + i
-	first    uint64 // first sequence number held
-	next     uint64 // sequence number the next record gets
+	metas    []rec             // metas[i].Seq == first + i
+	labels   map[uint64]string // labels of marks by sequence number
+	first    uint64            // first sequence number held
+	next     uint64            // sequence number the next record gets
 	index    map[uint64][]uint64
 	bytes    int64 // total bytes in segments
 	buf      []byte
@@ -83,7 +94,7 @@ func Open(dir string, start uint64, opts Options, logger *slog.Logger) (*Log, er
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating log directory %s: %w", dir, err)
 	}
-	l := &Log{dir: dir, opts: opts, logger: logger, index: make(map[uint64][]uint64), first: start, next: start}
+	l := &Log{dir: dir, opts: opts, logger: logger, index: make(map[uint64][]uint64), labels: make(map[uint64]string), first: start, next: start}
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("listing log directory %s: %w", dir, err)
@@ -191,9 +202,9 @@ func readRecord(r io.Reader, hbuf []byte, data *[]byte) (Record, int, error) {
 }
 
 func (l *Log) addMeta(r *Record, seg int, pos int64) {
-	m := Meta{Seq: r.Seq, Time: r.Time, Kind: r.Kind, Offset: r.Offset, Length: r.Length, seg: seg, pos: pos}
+	m := rec{Seq: r.Seq, TimeNs: r.Time.UnixNano(), Kind: r.Kind, Offset: r.Offset, Length: r.Length, seg: seg, pos: pos}
 	if r.Kind == KindMark {
-		m.Label = string(r.Data)
+		l.labels[r.Seq] = string(r.Data)
 	}
 	l.metas = append(l.metas, m)
 	if r.Kind == KindWrite || r.Kind == KindZero {
@@ -303,6 +314,7 @@ func (l *Log) Unappend(seq uint64) error {
 	s.size = m.pos
 	s.last = seq - 1
 	l.metas = l.metas[:len(l.metas)-1]
+	delete(l.labels, seq)
 	l.next = seq
 	return nil
 }
@@ -399,7 +411,7 @@ func (l *Log) Meta(seq uint64) (Meta, bool) {
 	if seq < l.first || seq >= l.next {
 		return Meta{}, false
 	}
-	return l.metas[seq-l.first], true
+	return l.metaOf(l.metas[seq-l.first]), true
 }
 
 // Metas calls fn for each record from seq from on, in order, until fn
@@ -411,7 +423,7 @@ func (l *Log) Metas(from uint64, fn func(Meta) bool) {
 		from = l.first
 	}
 	for s := from; s < l.next; s++ {
-		if !fn(l.metas[s-l.first]) {
+		if !fn(l.metaOf(l.metas[s-l.first])) {
 			return
 		}
 	}
@@ -421,7 +433,8 @@ func (l *Log) Metas(from uint64, fn func(Meta) bool) {
 func (l *Log) SeqAt(t time.Time) uint64 {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	i := sort.Search(len(l.metas), func(i int) bool { return l.metas[i].Time.After(t) })
+	tn := t.UnixNano()
+	i := sort.Search(len(l.metas), func(i int) bool { return l.metas[i].TimeNs > tn })
 	if i == 0 {
 		return 0
 	}
@@ -458,7 +471,7 @@ func (l *Log) Records(from uint64, maxBytes int) ([]Record, error) {
 			e++
 		}
 		last := l.metas[e-1-l.first]
-		end := last.pos + HeaderSize + int64(recordDataLen(last))
+		end := last.pos + HeaderSize + int64(l.recordDataLen(last))
 		buf := make([]byte, end-m.pos)
 		if _, err := l.segs[m.seg].f.ReadAt(buf, m.pos); err != nil {
 			return nil, fmt.Errorf("reading records %d..%d: %w", s, e-1, err)
@@ -476,14 +489,19 @@ func (l *Log) Records(from uint64, maxBytes int) ([]Record, error) {
 	return out, nil
 }
 
-func recordDataLen(m Meta) int {
+func (l *Log) recordDataLen(m rec) int {
 	switch m.Kind {
 	case KindWrite:
 		return int(m.Length)
 	case KindMark:
-		return len(m.Label)
+		return len(l.labels[m.Seq])
 	}
 	return 0
+}
+
+// metaOf turns the in-memory record into its public description.
+func (l *Log) metaOf(m rec) Meta {
+	return Meta{Seq: m.Seq, Time: time.Unix(0, m.TimeNs).UTC(), Kind: m.Kind, Offset: m.Offset, Length: m.Length, Label: l.labels[m.Seq]}
 }
 
 // AppendBatch appends records that already carry their sequence numbers
@@ -559,7 +577,7 @@ func (l *Log) Fold(before time.Time, maxSeq uint64, apply func(Record) error, co
 	n := 0
 	for n < len(l.segs)-1 {
 		s := l.segs[n]
-		if s.last >= s.first && (s.last > maxSeq || !l.metas[s.last-l.first].Time.Before(before)) {
+		if s.last >= s.first && (s.last > maxSeq || l.metas[s.last-l.first].TimeNs >= before.UnixNano()) {
 			break
 		}
 		n++
@@ -591,6 +609,9 @@ func (l *Log) Fold(before time.Time, maxSeq uint64, apply func(Record) error, co
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, m := range l.metas[:upTo-l.first+1] {
+		if m.Kind == KindMark {
+			delete(l.labels, m.Seq)
+		}
 		if m.Kind != KindWrite && m.Kind != KindZero {
 			continue
 		}
@@ -614,7 +635,7 @@ func (l *Log) Fold(before time.Time, maxSeq uint64, apply func(Record) error, co
 		}
 		l.bytes -= s.size
 	}
-	l.metas = append([]Meta(nil), l.metas[upTo-l.first+1:]...)
+	l.metas = append([]rec(nil), l.metas[upTo-l.first+1:]...)
 	l.segs = append([]*segment(nil), l.segs[n:]...)
 	for i := range l.metas {
 		l.metas[i].seg -= n
