@@ -155,6 +155,7 @@ func newInitCommand() *cobra.Command {
 	var f repoFlags
 	var avg, packMiB int
 	var kdfMem uint32
+	var compression string
 	cmd := &cobra.Command{
 		Use:   "init",
 		Short: "Create a new backup repository",
@@ -179,6 +180,7 @@ func newInitCommand() *cobra.Command {
 			if kdfMem > 0 {
 				opts.KDF.Memory = kdfMem
 			}
+			opts.Compression = compression
 			r, err := repo.Init(cmd.Context(), be, pass, opts)
 			if err != nil {
 				return err
@@ -196,6 +198,7 @@ func newInitCommand() *cobra.Command {
 	cmd.Flags().IntVar(&avg, "chunk-size", 0, "average chunk size in bytes, a power of two (default 1 MiB)")
 	cmd.Flags().IntVar(&packMiB, "pack-size", 0, "target pack file size in MiB (default 16)")
 	cmd.Flags().Uint32Var(&kdfMem, "kdf-memory", 0, "argon2id memory in KiB (default 32768)")
+	cmd.Flags().StringVar(&compression, "compression", "default", "zstd level for data: fastest (1), default (3), better (7) or off")
 	return cmd
 }
 

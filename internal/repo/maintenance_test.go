@@ -396,3 +396,48 @@ func TestDiffLsCatStats(t *testing.T) {
 		t.Fatalf("stats %+v %v: want 2 snapshots, dedup and compression", st, err)
 	}
 }
+
+func TestCompressionSettings(t *testing.T) {
+	ctx := context.Background()
+	src := filepath.Join(t.TempDir(), "src")
+	makeTree(t, src, 50)
+	for _, tc := range []struct {
+		name     string
+		min, max float64 // expected compression ratio bounds
+	}{
+		{"off", 0.9, 1.01},
+		{"fastest", 1.08, 1000}, // makeTree is mostly random bytes
+		{"default", 1.08, 1000},
+		{"better", 1.08, 1000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			be, _ := backend.NewLocal(filepath.Join(t.TempDir(), "repo"))
+			opts := testInitOptions(t)
+			opts.Compression = tc.name
+			r, err := Init(ctx, be, testPass, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			sn, _, err := r.Backup(ctx, []string{src}, BackupOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, _ := r.Stats(ctx)
+			if st.Compression < tc.min || st.Compression > tc.max {
+				t.Fatalf("compression ratio %.2f outside [%v, %v]", st.Compression, tc.min, tc.max)
+			}
+			target := t.TempDir()
+			if _, err := r.Restore(ctx, sn.ID, target, RestoreOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			compareTrees(t, src, filepath.Join(target, "src"))
+		})
+	}
+	be, _ := backend.NewLocal(filepath.Join(t.TempDir(), "repo"))
+	opts := testInitOptions(t)
+	opts.Compression = "lz4"
+	if _, err := Init(ctx, be, testPass, opts); err == nil {
+		t.Fatal("unknown compression accepted")
+	}
+}

@@ -46,14 +46,19 @@ type Config struct {
 	Created  time.Time      `json:"created"`
 	Chunker  chunker.Params `json:"chunker"`
 	PackSize int            `json:"pack_size"`
+	// Compression of data blobs: "fastest" (zstd level 1), "default"
+	// (level 3, the default), "better" (level 7) or "off". Empty means
+	// default.
+	Compression string `json:"compression,omitempty"`
 }
 
 // InitOptions configure a new repository.
 type InitOptions struct {
-	Chunker  chunker.Params
-	PackSize int
-	KDF      KDFParams
-	Logger   *slog.Logger
+	Chunker     chunker.Params
+	PackSize    int
+	Compression string // see Config.Compression
+	KDF         KDFParams
+	Logger      *slog.Logger
 }
 
 // DefaultInitOptions returns 1 MiB average chunks, 16 MiB packs and
@@ -70,7 +75,26 @@ func (o InitOptions) Validate() error {
 	if o.PackSize < MinPackSize || o.PackSize > MaxPackTarget {
 		return fmt.Errorf("pack size %d outside [%d, %d]", o.PackSize, MinPackSize, MaxPackTarget)
 	}
+	if _, err := compressionLevel(o.Compression); err != nil {
+		return err
+	}
 	return o.KDF.Validate()
+}
+
+// compressionLevel maps a Config.Compression name to a zstd level; ok is
+// false for "off".
+func compressionLevel(name string) (zstd.EncoderLevel, error) {
+	switch name {
+	case "", "default":
+		return zstd.SpeedDefault, nil
+	case "fastest":
+		return zstd.SpeedFastest, nil
+	case "better":
+		return zstd.SpeedBetterCompression, nil
+	case "off":
+		return 0, nil
+	}
+	return 0, fmt.Errorf("unknown compression %q (want fastest, default, better or off)", name)
 }
 
 // OpenOptions configure opening a repository.
@@ -117,7 +141,7 @@ func Init(ctx context.Context, be backend.Backend, pass string, opts InitOptions
 	}
 	idb := make([]byte, 16)
 	rand.Read(idb)
-	cfg := Config{Version: formatVersion, ID: hex.EncodeToString(idb), Created: time.Now().UTC(), Chunker: opts.Chunker, PackSize: opts.PackSize}
+	cfg := Config{Version: formatVersion, ID: hex.EncodeToString(idb), Created: time.Now().UTC(), Chunker: opts.Chunker, PackSize: opts.PackSize, Compression: opts.Compression}
 	r, err := newRepository(be, mk, cfg, opts.Logger)
 	if err != nil {
 		return nil, err
@@ -153,7 +177,14 @@ func newRepository(be backend.Backend, mk *masterKey, cfg Config, log *slog.Logg
 	if err != nil {
 		return nil, err
 	}
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithLowerEncoderMem(true), zstd.WithWindowSize(zstdWindow))
+	level, err := compressionLevel(cfg.Compression)
+	if err != nil {
+		return nil, err
+	}
+	if level == 0 {
+		level = zstd.SpeedFastest // used only for metadata when compression is off
+	}
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithLowerEncoderMem(true), zstd.WithWindowSize(zstdWindow))
 	if err != nil {
 		return nil, err
 	}
@@ -252,6 +283,9 @@ func decodeConfig(plain []byte) (Config, error) {
 	if cfg.PackSize < MinPackSize || cfg.PackSize > MaxPackTarget {
 		return cfg, fmt.Errorf("config: pack size %d invalid", cfg.PackSize)
 	}
+	if _, err := compressionLevel(cfg.Compression); err != nil {
+		return cfg, fmt.Errorf("config: %w", err)
+	}
 	return cfg, nil
 }
 
@@ -321,8 +355,13 @@ func (r *Repository) sealBlob(plain []byte) (*[]byte, []byte) {
 	bp := getBuf(nonceSize + 1 + len(plain) + tagSize)
 	buf := (*bp)[:nonceSize+1]
 	buf[nonceSize] = frameZstd
-	out := r.enc.EncodeAll(plain, buf)
-	if len(out)-nonceSize-1 >= len(plain) || cap(out) != cap(buf) {
+	var out []byte
+	if r.cfg.Compression == "off" {
+		out = buf[:nonceSize] // store raw below
+	} else {
+		out = r.enc.EncodeAll(plain, buf)
+	}
+	if len(out) <= nonceSize || len(out)-nonceSize-1 >= len(plain) || cap(out) != cap(buf) {
 		// Not smaller (or it outgrew the buffer): store raw.
 		out = append(buf[:nonceSize], frameRaw)
 		out = append(out, plain...)
