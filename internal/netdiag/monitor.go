@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -62,9 +63,12 @@ type ConnMonitor struct {
 	sinceDrain  int // timestamped writes since the error queue was read
 	tsUnmatched uint64
 
-	closed      atomic.Bool
-	bytesRead   atomic.Uint64
-	npRecovered atomic.Uint64
+	closed atomic.Bool
+	// readDeadline is the read deadline in Unix ns (0: none), for the
+	// direct-read path.
+	readDeadline atomic.Int64
+	bytesRead    atomic.Uint64
+	npRecovered  atomic.Uint64
 
 	cancel    context.CancelFunc
 	done      chan struct{}
@@ -447,7 +451,8 @@ func (m *ConnMonitor) AckedFrom(a Ack) error {
 // that arrives alone (socket neither readable nor writable) the runtime
 // marks the descriptor and fails the next read wait with "not pollable"
 // until another event arrives. Read then drains the error queue and reads
-// with poll(2) directly until the runtime's state clears.
+// with poll(2) directly until the runtime's state clears, honouring the
+// read deadline set through the monitor.
 func (m *ConnMonitor) Read(p []byte) (int, error) {
 	n, err := m.conn.Read(p)
 	if err != nil && m.tsOn && isNotPollable(err) {
@@ -476,6 +481,14 @@ func (m *ConnMonitor) readDirect(p []byte) (int, error) {
 		if m.closed.Load() {
 			return 0, net.ErrClosed
 		}
+		wait := readDirectPoll
+		if dl := m.readDeadline.Load(); dl != 0 {
+			left := time.Until(time.Unix(0, dl))
+			if left <= 0 {
+				return 0, &net.OpError{Op: "read", Net: "tcp", Source: m.conn.LocalAddr(), Addr: m.conn.RemoteAddr(), Err: os.ErrDeadlineExceeded}
+			}
+			wait = min(wait, int(left.Milliseconds())+1)
+		}
 		m.drain()
 		var (
 			n    int
@@ -485,7 +498,7 @@ func (m *ConnMonitor) readDirect(p []byte) (int, error) {
 			n, rerr = unix.Read(int(fd), p)
 			if rerr == unix.EAGAIN {
 				fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-				_, _ = unix.Poll(fds, readDirectPoll)
+				_, _ = unix.Poll(fds, wait)
 			}
 		})
 		switch {
@@ -598,11 +611,25 @@ func (m *ConnMonitor) LocalAddr() net.Addr { return m.conn.LocalAddr() }
 func (m *ConnMonitor) RemoteAddr() net.Addr { return m.conn.RemoteAddr() }
 
 // SetDeadline sets the read and write deadlines.
-func (m *ConnMonitor) SetDeadline(t time.Time) error { return m.conn.SetDeadline(t) }
+func (m *ConnMonitor) SetDeadline(t time.Time) error {
+	m.storeReadDeadline(t)
+	return m.conn.SetDeadline(t)
+}
 
-// SetReadDeadline sets the read deadline (not honoured by the rare
-// direct-read path, which returns as soon as data or EOF arrives).
-func (m *ConnMonitor) SetReadDeadline(t time.Time) error { return m.conn.SetReadDeadline(t) }
+// SetReadDeadline sets the read deadline. The direct-read path (see Read)
+// honours it too.
+func (m *ConnMonitor) SetReadDeadline(t time.Time) error {
+	m.storeReadDeadline(t)
+	return m.conn.SetReadDeadline(t)
+}
+
+func (m *ConnMonitor) storeReadDeadline(t time.Time) {
+	if t.IsZero() {
+		m.readDeadline.Store(0)
+		return
+	}
+	m.readDeadline.Store(t.UnixNano())
+}
 
 // SetWriteDeadline sets the write deadline.
 func (m *ConnMonitor) SetWriteDeadline(t time.Time) error { return m.conn.SetWriteDeadline(t) }

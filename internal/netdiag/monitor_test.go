@@ -126,36 +126,37 @@ func testMonitorWriteRecords(t *testing.T, addr string) {
 	}
 }
 
-// TestReadSurvivesErrQueueWakeup reproduces the Go runtime hazard the
-// monitor works around: with transmit timestamps queued while the socket
-// is neither readable nor writable, epoll reports EPOLLERR alone and a
-// plain read on the connection fails with "not pollable". The monitor's
-// Read must deliver the peer's byte instead.
-func TestReadSurvivesErrQueueWakeup(t *testing.T) {
+// readBlockedWhileFilling starts a read through a fresh monitor (with
+// the given read deadline, if any), then fills the socket with timestamped
+// writes until it is no longer writable while the peer reads nothing, so
+// that ACK timestamps keep arriving on a socket that is neither readable
+// nor writable: the Go runtime then sees EPOLLERR alone.
+func readBlockedWhileFilling(t *testing.T, deadline time.Duration) (*ConnMonitor, net.Conn, chan readResult) {
+	t.Helper()
 	c, s := loopbackPair(t)
 	if err := c.SetWriteBuffer(64 << 10); err != nil {
 		t.Fatal(err)
 	}
 	cfg := DefaultConfig()
 	cfg.DrainInterval = time.Hour // leave the error queue to fill
+	cfg.WriteSampleInterval = 0
 	cfg.TCPInfoInterval = 0
 	m, err := NewConnMonitor(c, cfg, nil, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer m.Close()
-	type result struct {
-		b   byte
-		err error
+	t.Cleanup(func() { m.Close() })
+	if deadline > 0 {
+		if err := m.SetReadDeadline(time.Now().Add(deadline)); err != nil {
+			t.Fatal(err)
+		}
 	}
-	res := make(chan result, 1)
+	res := make(chan readResult, 1)
 	go func() {
 		b := make([]byte, 1)
 		_, err := io.ReadFull(m, b)
-		res <- result{b[0], err}
+		res <- readResult{b[0], err}
 	}()
-	// Fill the socket so it is no longer writable; the peer reads nothing,
-	// so ACK timestamps keep arriving for data its buffer accepts.
 	if err := m.SetWriteDeadline(time.Now().Add(300 * time.Millisecond)); err != nil {
 		t.Fatal(err)
 	}
@@ -168,6 +169,21 @@ func TestReadSurvivesErrQueueWakeup(t *testing.T) {
 			break
 		}
 	}
+	return m, s, res
+}
+
+type readResult struct {
+	b   byte
+	err error
+}
+
+// TestReadSurvivesErrQueueWakeup reproduces the Go runtime hazard the
+// monitor works around: with transmit timestamps queued while the socket
+// is neither readable nor writable, epoll reports EPOLLERR alone and a
+// plain read on the connection fails with "not pollable". The monitor's
+// Read must deliver the peer's byte instead.
+func TestReadSurvivesErrQueueWakeup(t *testing.T) {
+	m, s, res := readBlockedWhileFilling(t, 0)
 	time.Sleep(100 * time.Millisecond)
 	if _, err := s.Write([]byte{42}); err != nil {
 		t.Fatal(err)
@@ -179,6 +195,26 @@ func TestReadSurvivesErrQueueWakeup(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("read through monitor did not return")
+	}
+	t.Logf("not-pollable recoveries: %d", m.npRecovered.Load())
+}
+
+// TestReadDeadlineOnDirectPath: the same situation with a read deadline
+// and nothing to read: the read must time out, also when it is on the
+// direct-read path.
+func TestReadDeadlineOnDirectPath(t *testing.T) {
+	m, _, res := readBlockedWhileFilling(t, time.Second)
+	select {
+	case r := <-res:
+		if !errors.Is(r.err, os.ErrDeadlineExceeded) {
+			t.Fatalf("read with deadline: %v, want a timeout", r.err)
+		}
+		var ne net.Error
+		if !errors.As(r.err, &ne) || !ne.Timeout() {
+			t.Fatalf("read with deadline: %v is not a net.Error timeout", r.err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("read with a 1s deadline did not return after 5s")
 	}
 	t.Logf("not-pollable recoveries: %d", m.npRecovered.Load())
 }
