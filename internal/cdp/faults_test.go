@@ -88,7 +88,7 @@ func TestKill9NoAcknowledgedWriteLost(t *testing.T) {
 	needTools(t, "qemu-io", "nbdcopy")
 	dir := shortDir(t)
 	ctx := context.Background()
-	const blocks, writes = 64, 6000
+	const blocks, writes = 64, 50000
 	srv := startServerProcess(t, dir)
 	c := NewUnixClient(filepath.Join(dir, "agent.sock"))
 	if _, err := c.Create(ctx, CreateOptions{Name: "v", Size: blocks * 4096}); err != nil {
@@ -96,12 +96,14 @@ func TestKill9NoAcknowledgedWriteLost(t *testing.T) {
 	}
 	// Command i writes pattern pat(i) to block i%blocks.
 	pat := func(i int) byte { return byte(i%250 + 1) }
-	args := []string{"-f", "raw"}
+	// The commands go through stdin (too many for a command line).
+	var cmds strings.Builder
 	for i := 0; i < writes; i++ {
-		args = append(args, "-c", fmt.Sprintf("write -P %d %d 4096", pat(i), (i%blocks)*4096))
+		fmt.Fprintf(&cmds, "write -P %d %d 4096\n", pat(i), (i%blocks)*4096)
 	}
 	uri := "nbd+unix:///v?socket=" + filepath.Join(dir, "nbd.sock")
-	q := exec.Command("qemu-io", append(args, uri)...)
+	q := exec.Command("qemu-io", "-f", "raw", uri)
+	q.Stdin = strings.NewReader(cmds.String())
 	var out bytes.Buffer
 	q.Stdout, q.Stderr = &out, &out
 	if err := q.Start(); err != nil {
