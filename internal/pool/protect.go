@@ -698,15 +698,19 @@ func (s *Service) deleteRemote(ctx context.Context, p string, id peer.ShardID) {
 	}
 }
 
-// dropMissing forgets files deleted from a local repository (by prune)
-// and deletes their shards.
+// dropMissing forgets files that a backup client removed from a local
+// repository through this agent (prune, forget) and deletes their shards.
+// A file that vanished any other way (a lost disk, a deleted directory) is
+// a lost local copy: its peer version is kept, since it is what a restore
+// needs then.
 func (s *Service) dropMissing(ctx context.Context, repo string, present map[string]bool) {
 	var gone []*peer.FileEntry
 	s.mu.Lock()
 	for k, e := range s.m.Files {
-		if e.Repo == repo && !present[k] {
+		if e.Repo == repo && !present[k] && s.removed[k] {
 			gone = append(gone, e)
 			delete(s.m.Files, k)
+			delete(s.removed, k)
 		}
 	}
 	if len(gone) > 0 {

@@ -3,11 +3,13 @@ package pool
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/holdfast/holdfast/internal/peer"
+	"github.com/holdfast/holdfast/internal/repo/backend"
 )
 
 func TestRebalancePicksDoubledShards(t *testing.T) {
@@ -81,5 +83,60 @@ func TestNewPeerRestoresTargetLevel(t *testing.T) {
 				return len(l) == mapped
 			})
 		}
+	}
+}
+
+// TestRemovedFilesDropPeerVersionLostFilesKeepIt: a file a client removes
+// through the agent (prune) loses its peer version; files that vanish
+// otherwise (a lost directory) keep theirs, so they can be restored.
+func TestRemovedFilesDropPeerVersionLostFilesKeepIt(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, []string{"e", "a", "b", "c"}, func(string) Config { return testConfig(1, 1, 64<<20) })
+	a := c.nodes["a"]
+	be, err := a.svc.LocalBackend("r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := be.Create(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []backend.Handle{{Type: backend.ConfigFile}, {Type: backend.PackFile, Name: "p1"}, {Type: backend.PackFile, Name: "p2"}} {
+		if err := be.Save(ctx, h, []byte("ciphertext of "+h.String())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitProtected(t, a, 1, 20*time.Second)
+	files := func() int {
+		a.svc.mu.Lock()
+		defer a.svc.mu.Unlock()
+		return len(a.svc.m.Files)
+	}
+	if n := files(); n != 3 {
+		t.Fatalf("%d files in the peer version, want 3", n)
+	}
+	if err := be.Remove(ctx, backend.Handle{Type: backend.PackFile, Name: "p1"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the removed pack's peer version dropped", 10*time.Second, func() bool { return files() == 2 })
+	waitFor(t, "its shards deleted", 10*time.Second, func() bool {
+		for _, p := range []string{"b", "c", "e"} {
+			l, _ := c.nodes[p].svc.st.List("a")
+			for _, h := range l {
+				if h.Ref.Name == "p1" {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	// p2 disappears behind the agent's back: it is a lost copy.
+	if err := os.Remove(filepath.Join(a.svc.LocalRepoDir("r"), "data", "p2"[:2], "p2")); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.svc.Round(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := files(); n != 2 {
+		t.Fatalf("a lost local file dropped its peer version: %d files left, want 2", n)
 	}
 }

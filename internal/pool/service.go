@@ -53,6 +53,7 @@ type Service struct {
 	bad       map[string]string        // peers that failed a proof -> why
 	localUsed int64
 	deletes   []pendingDelete // stale shard copies, deleted after the map is out
+	removed   map[string]bool // file keys clients removed through LocalBackend
 	lastScan  time.Time
 	started   time.Time
 
@@ -116,6 +117,7 @@ func (s *Service) Register(a *agent.Agent, wm *wire.Mux, api *http.ServeMux) err
 	s.infos = map[string]peer.PoolInfo{}
 	s.lastUp = map[string]time.Time{}
 	s.bad = map[string]string{}
+	s.removed = map[string]bool{}
 	s.m = peer.NewShardMap(a.Name())
 	if err := s.loadState(); err != nil {
 		return err

@@ -121,12 +121,13 @@ func (s *Service) LocalBackend(repo string) (backend.Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &localBackend{Local: l, s: s}, nil
+	return &localBackend{Local: l, s: s, repo: repo}, nil
 }
 
 type localBackend struct {
 	*backend.Local
-	s *Service
+	s    *Service
+	repo string
 }
 
 func (b *localBackend) Save(ctx context.Context, h backend.Handle, data []byte) error {
@@ -138,6 +139,20 @@ func (b *localBackend) Save(ctx context.Context, h backend.Handle, data []byte) 
 		return err
 	}
 	if h.Type != backend.LockFile {
+		b.s.trigger()
+	}
+	return nil
+}
+
+// Remove deletes a file and lets the next round drop its peer version.
+func (b *localBackend) Remove(ctx context.Context, h backend.Handle) error {
+	if err := b.Local.Remove(ctx, h); err != nil {
+		return err
+	}
+	if h.Type != backend.LockFile {
+		b.s.mu.Lock()
+		b.s.removed[refOf(b.repo, h).Key()] = true
+		b.s.mu.Unlock()
 		b.s.trigger()
 	}
 	return nil
