@@ -18,6 +18,10 @@ declare -A need=(
   [fusermount3]=fuse3
   [mkfs.ext4]=e2fsprogs
   [restic]=restic
+  [aria2c]=aria2
+  [curl]=curl
+  [python3]=python3
+  [rsync]=rsync
 )
 
 missing=()
