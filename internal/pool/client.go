@@ -2,10 +2,14 @@ package pool
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/holdfast/holdfast/internal/agent"
+	"github.com/holdfast/holdfast/internal/repo"
+	"github.com/holdfast/holdfast/internal/repo/backend"
 )
 
 // GetStatus fetches the pool status of the running agent whose state
@@ -52,4 +56,32 @@ func WaitProtected(ctx context.Context, stateDir string, want int) (*Status, tim
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// BackupToAgent backs up paths into repository repoName in the local pool
+// portion of the running agent whose state directory is stateDir (the
+// repository is created, with password, on first use) and returns the
+// snapshot. With WaitProtected and RestoreThroughAgent it is the whole
+// cycle the quick start shows: backup, peer protection, restore from peers.
+func BackupToAgent(ctx context.Context, stateDir, repoName, password string, paths []string, log *slog.Logger) (*repo.Snapshot, *repo.Summary, error) {
+	be, err := DialAgentBackend(stateDir, "", repoName, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	var r *repo.Repository
+	_, serr := be.Stat(ctx, backend.Handle{Type: backend.ConfigFile})
+	switch {
+	case errors.Is(serr, backend.ErrNotExist):
+		r, err = repo.Init(ctx, be, password, repo.DefaultInitOptions())
+	case serr != nil:
+		err = serr
+	default:
+		r, err = repo.Open(ctx, be, password, repo.OpenOptions{Logger: log})
+	}
+	if err != nil {
+		be.Close()
+		return nil, nil, fmt.Errorf("opening repository %s on the agent: %w", repoName, err)
+	}
+	defer r.Close()
+	return r.Backup(ctx, paths, repo.BackupOptions{})
 }

@@ -40,7 +40,7 @@ func TestDeadPeerReprotectedWithinBound(t *testing.T) {
 	}
 	killed := time.Now()
 	c.kill(victim)
-	waitFor(t, "a to see the loss", 5*time.Second, func() bool {
+	waitFor(t, "a to see the loss", 10*time.Second, func() bool {
 		return a.svc.Status(context.Background()).Protection < 1
 	})
 	bound := a.svc.cfg.DeadAfter.Duration + 10*a.svc.cfg.ScanInterval.Duration + 5*time.Second

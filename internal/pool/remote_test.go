@@ -149,3 +149,41 @@ func TestBackupClientOverMTLS(t *testing.T) {
 		t.Errorf("a client without a certificate got %s", resp.Status)
 	}
 }
+
+// TestQuickstartCycle runs the Go calls the quick start uses: backup to an
+// agent, wait for peer protection, restore from the peers' shards into a
+// fresh directory.
+func TestQuickstartCycle(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, []string{"e", "a", "b", "c"}, func(string) Config {
+		s := SchemeFor(3)
+		return testConfig(s.K, s.M, 64<<20)
+	})
+	a := c.nodes["a"]
+	src := filepath.Join(t.TempDir(), "src")
+	makeTree(t, src, 41, 1<<20)
+	sn, _, err := BackupToAgent(ctx, a.dir, "qs", testPass, []string{src}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	st, _, err := WaitProtected(wctx, a.dir, 1)
+	if err != nil || st.Protection != 1 {
+		t.Fatalf("WaitProtected: %v (%+v)", err, st)
+	}
+	target := t.TempDir()
+	res, err := RestoreThroughAgent(ctx, a.dir, RestoreOptions{Repo: "qs", Password: testPass, Target: target, Dest: t.TempDir(), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Snapshot != sn.ID.String() || res.Rebuild.Files == 0 || res.Rebuild.Skipped != 0 {
+		t.Errorf("restore result %+v (snapshot %s)", res.Rebuild, sn.ID)
+	}
+	treesEqual(t, src, filepath.Join(target, "src"))
+	// A wrong password is refused without writing anything.
+	bad := t.TempDir()
+	if _, err := RestoreThroughAgent(ctx, a.dir, RestoreOptions{Repo: "qs", Password: "wrong", Target: filepath.Join(bad, "t"), Dest: t.TempDir()}); !errors.Is(err, repo.ErrWrongPassword) {
+		t.Errorf("wrong password: %v", err)
+	}
+}
