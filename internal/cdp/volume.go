@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/holdfast/holdfast/internal/cdp/cdplog"
+	"github.com/holdfast/holdfast/internal/cdp/nbd"
 	"golang.org/x/sys/unix"
 )
 
@@ -372,6 +373,55 @@ func (v *Volume) checkpoint() error {
 
 // Size is the volume size in bytes.
 func (v *Volume) Size() int64 { return v.size }
+
+// Extents reports holes for NBD BLOCK_STATUS: the holes of the image
+// (never written, or zeroed) when the image is complete and up to date with
+// the log; otherwise nil (everything is reported as data).
+func (v *Volume) Extents(ctx context.Context, off int64, length uint32) ([]nbd.Extent, error) {
+	if err := v.check(off, int64(length)); err != nil {
+		return nil, err
+	}
+	if v.data == nil || !v.allPresent || (v.asyncApply && v.dataApplied.Load() < v.applied.Load()) {
+		return nil, nil
+	}
+	fd := int(v.data.Fd())
+	end := off + int64(length)
+	var out []nbd.Extent
+	add := func(n int64, hole bool) {
+		if k := len(out); k > 0 && out[k-1].Hole == hole {
+			out[k-1].Length += uint32(n)
+			return
+		}
+		out = append(out, nbd.Extent{Length: uint32(n), Hole: hole})
+	}
+	for pos := off; pos < end; {
+		d, err := unix.Seek(fd, pos, unix.SEEK_DATA)
+		if errors.Is(err, syscall.ENXIO) {
+			add(end-pos, true)
+			break
+		}
+		if err != nil {
+			return nil, nil // no SEEK_DATA here: report data
+		}
+		if d > pos {
+			n := min(d, end) - pos
+			add(n, true)
+			pos += n
+			continue
+		}
+		h, err := unix.Seek(fd, pos, unix.SEEK_HOLE)
+		if err != nil {
+			return nil, nil
+		}
+		n := min(h, end) - pos
+		if n <= 0 {
+			n = end - pos
+		}
+		add(n, false)
+		pos += n
+	}
+	return out, nil
+}
 
 // InlineWrites tells the NBD server that writes without FUA can run in
 // the connection's reader: they only append to the log and the image (not

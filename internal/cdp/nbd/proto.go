@@ -116,6 +116,9 @@ const (
 	errNotSup    = 95
 	errShutdown  = 108
 	metaContextA = 1 // our id for base:allocation
+	stateHole    = 1 // base:allocation: unallocated
+	stateZero    = 2 // base:allocation: reads as zeros
+	maxExtents   = 1024
 )
 
 // Size limits.

@@ -28,6 +28,18 @@ type Device interface {
 	Flush(ctx context.Context) error
 }
 
+// Extent is a run of a device's blocks for BLOCK_STATUS.
+type Extent struct {
+	Length uint32
+	Hole   bool // reads as zeros and takes no space
+}
+
+// Extenter is implemented by devices that know where their holes are;
+// others report every range as allocated data.
+type Extenter interface {
+	Extents(ctx context.Context, off int64, length uint32) ([]Extent, error)
+}
+
 // InlineWriter is implemented by devices whose writes without FUA never
 // wait on anything slow (no fsync, no remote): the server then runs them in
 // the connection's reader, in order, instead of in a goroutine each.
@@ -487,7 +499,7 @@ func (cn *conn) handle(ctx context.Context, req request, payload []byte) error {
 		err = cn.dev.Flush(ctx)
 	case cmdCache:
 	case cmdBlockStatus:
-		return cn.replyBlockStatus(req)
+		return cn.replyBlockStatus(ctx, req)
 	}
 	if err != nil {
 		cn.s.logger.Warn("nbd request failed", "export", cn.name, "cmd", req.typ, "offset", off, "length", n, "err", err)
@@ -583,12 +595,34 @@ func (cn *conn) replyError(req request, errno uint32, msg string) error {
 	return cn.send(h, []byte(msg))
 }
 
-// replyBlockStatus reports the requested range as one allocated, non-zero
-// extent: holdfast volumes are thin but do not track holes per block.
-func (cn *conn) replyBlockStatus(req request) error {
-	h := chunkHeader(req.cookie, replyFlagDone, replyTypeBlockStatus, 12)
+// replyBlockStatus reports the base:allocation extents of the requested
+// range (one extent with REQ_ONE).
+func (cn *conn) replyBlockStatus(ctx context.Context, req request) error {
+	exts := []Extent{{Length: req.length}}
+	if ex, ok := cn.dev.(Extenter); ok {
+		got, err := ex.Extents(ctx, int64(req.offset), req.length)
+		if err != nil {
+			return cn.replyError(req, Errno(err), err.Error())
+		}
+		if len(got) > 0 {
+			exts = got
+		}
+	}
+	if req.flags&cmdFlagReqOne != 0 {
+		exts = exts[:1]
+	}
+	if len(exts) > maxExtents {
+		exts = exts[:maxExtents]
+	}
+	h := chunkHeader(req.cookie, replyFlagDone, replyTypeBlockStatus, 4+8*len(exts))
 	h = binary.BigEndian.AppendUint32(h, metaContextA)
-	h = binary.BigEndian.AppendUint32(h, req.length)
-	h = binary.BigEndian.AppendUint32(h, 0)
+	for _, e := range exts {
+		h = binary.BigEndian.AppendUint32(h, e.Length)
+		var st uint32
+		if e.Hole {
+			st = stateHole | stateZero
+		}
+		h = binary.BigEndian.AppendUint32(h, st)
+	}
 	return cn.send(h)
 }
