@@ -45,7 +45,6 @@ type Agent struct {
 	id       *cluster.Identity
 	log      *slog.Logger
 	db       *bolt.DB
-	started  time.Time
 	wcfg     *wire.Config
 	mux      *wire.Mux
 	api      *http.ServeMux
@@ -57,6 +56,8 @@ type Agent struct {
 	dialing  map[string]bool       // by address
 	listenOn string                // actual wire listen address
 	runCtx   context.Context       // set by Run; background dials use it
+	started  time.Time             // when Run started
+	stopping bool                  // set when Run shuts down: new sessions are closed
 }
 
 // Options are what New needs besides the state directory.
@@ -168,7 +169,9 @@ func (a *Agent) Versions() wire.VersionVector {
 // accepting, closes sessions, stops services and closes the database.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.db.Close()
+	a.mu.Lock()
 	a.started = time.Now()
+	a.mu.Unlock()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 

@@ -32,12 +32,12 @@ type Status struct {
 // Status returns the agent's current status.
 func (a *Agent) Status() Status {
 	a.mu.Lock()
-	listen, adv := a.listenOn, a.advertiseLocked()
+	listen, adv, started := a.listenOn, a.advertiseLocked(), a.started
 	a.mu.Unlock()
 	st := Status{
 		Name: a.cfg.Name, Cluster: a.id.ClusterID(), Listen: listen, Advertise: adv,
-		Build: buildinfo.Get(), Versions: a.Versions(), Started: a.started,
-		Uptime: time.Since(a.started).Round(time.Second).String(), Labels: a.cfg.Labels,
+		Build: buildinfo.Get(), Versions: a.Versions(), Started: started,
+		Uptime: time.Since(started).Round(time.Second).String(), Labels: a.cfg.Labels,
 		Peers: a.Peers(),
 	}
 	for _, s := range a.services {

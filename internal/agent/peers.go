@@ -123,6 +123,13 @@ func (a *Agent) onInbound(s *wire.Session) {
 // addSession tracks s under its peer and forgets it when it ends.
 func (a *Agent) addSession(s *wire.Session) {
 	a.mu.Lock()
+	if a.stopping {
+		// The agent is shutting down: a session that completed its
+		// handshake just now must not outlive it.
+		a.mu.Unlock()
+		s.Close()
+		return
+	}
 	p := a.peers[s.Peer()]
 	if p == nil {
 		p = &peerState{name: s.Peer()}
@@ -354,6 +361,7 @@ func (a *Agent) disconnectedAddrs() []string {
 
 func (a *Agent) closeSessions() {
 	a.mu.Lock()
+	a.stopping = true
 	var all []*wire.Session
 	for _, p := range a.peers {
 		all = append(all, p.sessions...)

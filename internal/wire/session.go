@@ -329,6 +329,11 @@ func (s *Session) writeFrame(ctx context.Context, kind Kind, typ MsgType, id uin
 		return s.closedErr()
 	default:
 	}
+	// Nothing of this frame is written yet: a caller that gave up while
+	// waiting for the lock fails alone and the session goes on.
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("writing %s frame %d to %s: %w", kind, typ, s.peer, err)
+	}
 	var err error
 	s.hdr, err = AppendHeader(s.hdr[:0], kind, typ, id, s.cfg.Node, s.versionsNow(), len(payload))
 	if err != nil {

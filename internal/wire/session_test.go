@@ -331,3 +331,23 @@ func waitLog(t *testing.T, l *logBuffer, want string) {
 	}
 	t.Fatalf("no log line containing %q; logs:\n%s", want, l.String())
 }
+
+func TestCancelledCallerDoesNotEndSession(t *testing.T) {
+	ids := newCluster(t, "srv", "cli")
+	srv := startServer(t, ids[0])
+	s, err := dial(t, ids[1], srv.addr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := s.Call(ctx, msgEcho, []byte("late")); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Call with a cancelled context: got %v, want context.Canceled", err)
+	}
+	if err := s.Send(ctx, msgSeq, []byte("late")); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Send with a cancelled context: got %v, want context.Canceled", err)
+	}
+	if got, err := s.Call(context.Background(), msgEcho, []byte("still")); err != nil || string(got) != "echo:still" {
+		t.Fatalf("session after a cancelled caller: %q, %v", got, err)
+	}
+}
