@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // TestMain lets the kill -9 test run this test binary as a standalone
@@ -183,6 +185,24 @@ func TestRemoteUnreachableBacklogShipped(t *testing.T) {
 	in, _ := siteA.m.Get(ctx, "v")
 	if r := in.Replication; r.LagRecords != 50 || r.LagSeconds <= 0 || r.LastError == "" {
 		t.Fatalf("replication while down: %+v", r)
+	}
+	// The lag is exported to Prometheus too.
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(siteA.m.Collector())
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gauges := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			if m.GetGauge() != nil {
+				gauges[mf.GetName()] = m.GetGauge().GetValue()
+			}
+		}
+	}
+	if gauges["holdfast_cdp_replication_up"] != 0 || gauges["holdfast_cdp_replication_lag_records"] != 50 || gauges["holdfast_cdp_replication_lag_seconds"] <= 0 {
+		t.Fatalf("metrics while the remote is down: %v", gauges)
 	}
 	fc.down.Store(false)
 	waitFor(t, "backlog shipped", 10*time.Second, func() bool {
