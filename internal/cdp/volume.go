@@ -640,6 +640,60 @@ func (v *Volume) writeLocked(ctx context.Context, p []byte, off int64) (uint64, 
 	return seq, nil
 }
 
+// WriteBatch logs several pipelined writes with one append (NBD batches
+// the writes it has already received). Unaligned writes, restored volumes
+// and volumes without CDP take the one-by-one path.
+func (v *Volume) WriteBatch(ctx context.Context, reqs []nbd.WriteRequest) []error {
+	errs := make([]error, len(reqs))
+	aligned := v.asyncApply
+	var total int64
+	for _, r := range reqs {
+		if r.Off%bs != 0 || len(r.Data)%bs != 0 || len(r.Data) == 0 {
+			aligned = false
+		}
+		total += int64(len(r.Data))
+	}
+	if !aligned || len(reqs) == 1 {
+		for i, r := range reqs {
+			errs[i] = v.WriteAt(ctx, r.Data, r.Off, false)
+		}
+		return errs
+	}
+	for _, r := range reqs {
+		if err := v.writable(r.Off, int64(len(r.Data))); err != nil {
+			for i := range errs {
+				errs[i] = err
+			}
+			return errs
+		}
+	}
+	recs := make([]cdplog.Record, len(reqs))
+	for i, r := range reqs {
+		recs[i] = cdplog.Record{Kind: cdplog.KindWrite, Offset: uint64(r.Off), Length: uint64(len(r.Data)), Data: r.Data}
+	}
+	v.wmu.Lock()
+	err := v.log.AppendBatch(recs)
+	if err == nil {
+		v.applied.Store(recs[len(recs)-1].Seq)
+		v.kickApply()
+	}
+	v.wmu.Unlock()
+	if err != nil {
+		err = fmt.Errorf("logging %d writes: %w", len(reqs), err)
+		for i := range errs {
+			errs[i] = err
+		}
+		return errs
+	}
+	v.written.Add(total)
+	if err := v.afterWrite(ctx, recs[len(recs)-1].Seq, false); err != nil {
+		for i := range errs {
+			errs[i] = err
+		}
+	}
+	return errs
+}
+
 // readLiveBlock reads a block of an asyncApply volume: from the log if its
 // newest record is not applied to data.img yet, else from data.img.
 func (v *Volume) readLiveBlock(blk uint64, p []byte) error {

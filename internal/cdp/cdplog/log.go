@@ -504,9 +504,10 @@ func (l *Log) metaOf(m rec) Meta {
 	return Meta{Seq: m.Seq, Time: time.Unix(0, m.TimeNs).UTC(), Kind: m.Kind, Offset: m.Offset, Length: m.Length, Label: l.labels[m.Seq]}
 }
 
-// AppendBatch appends records that already carry their sequence numbers
-// (a replica receiving a shipment) with one write; they must continue the
-// log without a gap. On error nothing is left in the log.
+// AppendBatch appends records with one write. Records with a zero Seq get
+// the next sequence numbers (and the current time if Time is zero); records
+// that carry theirs (a replica receiving a shipment) must continue the log
+// without a gap. On error nothing is left in the log.
 func (l *Log) AppendBatch(recs []Record) error {
 	if len(recs) == 0 {
 		return nil
@@ -518,7 +519,14 @@ func (l *Log) AppendBatch(recs []Record) error {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	now := time.Now().UTC()
 	for i := range recs {
+		if recs[i].Seq == 0 {
+			recs[i].Seq = l.next + uint64(i)
+		}
+		if recs[i].Time.IsZero() {
+			recs[i].Time = now
+		}
 		if recs[i].Seq != l.next+uint64(i) {
 			return fmt.Errorf("batch record %d, log expects %d: %w", recs[i].Seq, l.next+uint64(i), ErrNotHeld)
 		}

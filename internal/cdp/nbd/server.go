@@ -40,6 +40,22 @@ type Extenter interface {
 	Extents(ctx context.Context, off int64, length uint32) ([]Extent, error)
 }
 
+// WriteRequest is one write of a batch.
+type WriteRequest struct {
+	Off  int64
+	Data []byte
+}
+
+// BatchWriter is implemented by devices that take several pipelined
+// writes (no FUA) at once, e.g. with one append to a log. It returns one
+// error per request.
+type BatchWriter interface {
+	WriteBatch(ctx context.Context, reqs []WriteRequest) []error
+}
+
+// maxWriteBatch bounds the writes gathered into one batch.
+const maxWriteBatch = 64
+
 // InlineWriter is implemented by devices whose writes without FUA never
 // wait on anything slow (no fsync, no remote): the server then runs them in
 // the connection's reader, in order, instead of in a goroutine each.
@@ -459,6 +475,12 @@ func (cn *conn) transmit(ctx context.Context) error {
 			continue
 		}
 		if inline && req.flags&cmdFlagFUA == 0 && (req.typ == cmdWrite || req.typ == cmdWriteZeroes || req.typ == cmdTrim) {
+			if bw, ok := cn.dev.(BatchWriter); ok && req.typ == cmdWrite {
+				if err := cn.writeBatch(ctx, bw, req, payload, size); err != nil {
+					return err
+				}
+				continue
+			}
 			if err := cn.handle(ctx, req, payload); err != nil {
 				return err
 			}
@@ -474,6 +496,49 @@ func (cn *conn) transmit(ctx context.Context) error {
 			}
 		}()
 	}
+}
+
+// writeBatch gathers the plain writes already received after req (whole,
+// in the read buffer) and hands them to the device at once.
+func (cn *conn) writeBatch(ctx context.Context, bw BatchWriter, req request, payload []byte, size uint64) error {
+	reqs := []request{req}
+	wr := []WriteRequest{{Off: int64(req.offset), Data: payload}}
+	for len(reqs) < maxWriteBatch && cn.br.Buffered() >= requestSize {
+		hdr, err := cn.br.Peek(requestSize)
+		if err != nil {
+			break
+		}
+		next, err := parseRequest(hdr)
+		if err != nil || next.typ != cmdWrite || next.flags != 0 || next.check(size, cn.structured, cn.metaSet) != 0 ||
+			cn.br.Buffered() < requestSize+int(next.length) {
+			break
+		}
+		cn.br.Discard(requestSize)
+		p := make([]byte, next.length)
+		if _, err := io.ReadFull(cn.br, p); err != nil {
+			return fmt.Errorf("reading write payload: %w", err)
+		}
+		reqs = append(reqs, next)
+		wr = append(wr, WriteRequest{Off: int64(next.offset), Data: p})
+	}
+	errs := bw.WriteBatch(ctx, wr)
+	for i, r := range reqs {
+		var err error
+		if i < len(errs) {
+			err = errs[i]
+		}
+		if err != nil {
+			cn.s.logger.Warn("nbd write failed", "export", cn.name, "offset", r.offset, "length", r.length, "err", err)
+			if rerr := cn.replyError(r, Errno(err), err.Error()); rerr != nil {
+				return rerr
+			}
+			continue
+		}
+		if err := cn.replyOK(r); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (cn *conn) handle(ctx context.Context, req request, payload []byte) error {
