@@ -416,6 +416,12 @@ func (s *Service) fetchShard(ctx context.Context, origin string, e *peer.FileEnt
 		}
 		var piece []byte
 		for try := 0; ; try++ {
+			if p == s.a.Name() {
+				// This agent holds the shard itself (a rebuild run on a
+				// surviving peer): read it from the local store.
+				piece, err = s.st.Read(origin, peer.ShardID{Ref: e.FileRef, Idx: idx}, off, n)
+				break
+			}
 			piece, err = s.call(ctx, p, peer.MsgShardGet, b)
 			var re *wire.RemoteError
 			// A session that broke is dialled again; the holder's own

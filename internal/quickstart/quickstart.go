@@ -1,7 +1,10 @@
 // Package quickstart runs holdfast's main job on one machine with nothing
 // set up: it creates a fresh cluster, starts several real agent processes
-// on loopback, lets them find each other over mTLS, shows their status, and
-// stops them again. It is what `holdfast quickstart` runs.
+// on loopback that find each other over mTLS, backs up a directory to one
+// of them, waits until the backup's erasure-coded shards are spread over the
+// others, then destroys the origin and m peers and restores the backup from
+// the surviving peers' shards, verifying it byte for byte. It is what
+// `holdfast quickstart` runs.
 package quickstart
 
 import (
@@ -18,6 +21,8 @@ import (
 	"time"
 
 	"github.com/holdfast/holdfast/internal/agent"
+	"github.com/holdfast/holdfast/internal/peer"
+	"github.com/holdfast/holdfast/internal/pool"
 )
 
 // Options shape a quick start run.
@@ -28,8 +33,13 @@ type Options struct {
 	// Keep leaves the state directories (and, with KeepRunning, the agents)
 	// in place.
 	Keep bool
-	// Agents is how many agents to start (at least 2; default 3).
+	// Agents is how many agents to start (at least 3; default 5).
 	Agents int
+	// Data is the directory to back up. Empty: a generated tree of about
+	// DataSize bytes with a known plaintext marker in it.
+	Data string
+	// DataSize is the size of the generated tree (default 16 MiB).
+	DataSize int64
 	// Exe is the holdfast binary to run agents with (default: this
 	// process's own executable).
 	Exe string
@@ -43,6 +53,7 @@ type Result struct {
 	Dir     string          `json:"dir"`
 	Cluster string          `json:"cluster"`
 	Agents  []*agent.Status `json:"agents"`
+	Backup  *BackupResult   `json:"backup"`
 	Elapsed string          `json:"elapsed"`
 }
 
@@ -58,10 +69,13 @@ type node struct {
 func Run(ctx context.Context, opts Options, out io.Writer) (*Result, error) {
 	start := time.Now()
 	if opts.Agents == 0 {
-		opts.Agents = 3
+		opts.Agents = 5
 	}
-	if opts.Agents < 2 || opts.Agents > 16 {
-		return nil, fmt.Errorf("quickstart: %d agents: want 2 to 16", opts.Agents)
+	if opts.Agents < 3 || opts.Agents > 16 {
+		return nil, fmt.Errorf("quickstart: %d agents: want 3 to 16", opts.Agents)
+	}
+	if opts.DataSize == 0 {
+		opts.DataSize = 16 << 20
 	}
 	if opts.Timeout == 0 {
 		opts.Timeout = 60 * time.Second
@@ -103,9 +117,13 @@ func Run(ctx context.Context, opts Options, out io.Writer) (*Result, error) {
 	defer stopAll(nodes)
 
 	fmt.Fprintf(out, "==> creating a cluster in %s\n", dir)
-	id, err := agent.Init(nodes[0].dir, agent.InitOptions{Name: nodes[0].name, Listen: nodes[0].addr})
+	id, err := agent.Init(nodes[0].dir, agent.InitOptions{Name: nodes[0].name, Listen: nodes[0].addr, Labels: zone(0)})
 	if err != nil {
 		return nil, fmt.Errorf("quickstart: %w", err)
+	}
+	scheme := pool.SchemeFor(len(nodes) - 1)
+	if err := writePoolConfig(nodes[0].dir, scheme); err != nil {
+		return nil, err
 	}
 	res.Cluster = id.ClusterID()
 	fmt.Fprintf(out, "    cluster %s: CA (ed25519) and node certificate for %s\n", id.ClusterID(), nodes[0].name)
@@ -118,9 +136,12 @@ func Run(ctx context.Context, opts Options, out io.Writer) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, n := range nodes[1:] {
-		if _, err := agent.Join(ctx, n.dir, nodes[0].addr, tok, agent.InitOptions{Name: n.name, Listen: n.addr}, opts.Logger); err != nil {
+	for i, n := range nodes[1:] {
+		if _, err := agent.Join(ctx, n.dir, nodes[0].addr, tok, agent.InitOptions{Name: n.name, Listen: n.addr, Labels: zone(i + 1)}, opts.Logger); err != nil {
 			return nil, fmt.Errorf("quickstart: joining %s: %w", n.name, err)
+		}
+		if err := writePoolConfig(n.dir, scheme); err != nil {
+			return nil, err
 		}
 		if err := startNode(ctx, opts.Exe, n); err != nil {
 			return nil, err
@@ -138,12 +159,32 @@ func Run(ctx context.Context, opts Options, out io.Writer) (*Result, error) {
 		fmt.Fprintf(out, "\n$ holdfast status --state %s\n", filepath.Join(dir, st.Name))
 		st.WriteText(out)
 	}
+
+	res.Backup, err = backupProtectRestore(ctx, opts, dir, nodes, scheme, out)
+	if err != nil {
+		return nil, err
+	}
 	res.Elapsed = time.Since(start).Round(time.Millisecond).String()
-	fmt.Fprintf(out, "\nquickstart: %d agents formed cluster %s in %s\n", len(nodes), res.Cluster, res.Elapsed)
+	fmt.Fprintf(out, "\nquickstart: %d agents formed cluster %s; backup protected at level %d and restored byte for byte from %d surviving peers, in %s\n",
+		len(nodes), res.Cluster, res.Backup.Protection, res.Backup.RestoredFrom, res.Elapsed)
 	if opts.Keep {
 		fmt.Fprintf(out, "state kept in %s (agents stopped; restart one with: holdfast agent --state %s)\n", dir, nodes[0].dir)
 	}
 	return res, nil
+}
+
+// zone gives agent i a failure domain of its own, so placement spreads
+// shards over all of them.
+func zone(i int) map[string]string { return map[string]string{"zone": fmt.Sprintf("zone%d", i+1)} }
+
+func writePoolConfig(stateDir string, scheme peer.Scheme) error {
+	c := pool.DefaultConfig()
+	c.Capacity = 1 << 30
+	c.K, c.M = scheme.K, scheme.M
+	if err := pool.WriteConfig(stateDir, c); err != nil {
+		return fmt.Errorf("quickstart: writing pool config: %w", err)
+	}
+	return nil
 }
 
 func freeLoopbackAddr() (string, error) {
