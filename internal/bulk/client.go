@@ -205,7 +205,7 @@ func (c *Client) acquire(ctx context.Context, peer string, n int) ([]*conn, erro
 	ch := make(chan res, need)
 	for i := 0; i < need; i++ {
 		go func() {
-			cn, err := c.dial(ctx, peer)
+			cn, err := c.dial(ctx, peer, n)
 			ch <- res{cn, err}
 		}()
 	}
@@ -253,7 +253,7 @@ func (c *Client) learn(peer string, rtt time.Duration, bw float64) {
 }
 
 // dial opens and primes one connection to peer.
-func (c *Client) dial(ctx context.Context, peer string) (*conn, error) {
+func (c *Client) dial(ctx context.Context, peer string, share int) (*conn, error) {
 	if c.cfg.TLS == nil {
 		return nil, errors.New("bulk: this side cannot open connections (serving a fetch)")
 	}
@@ -312,7 +312,7 @@ func (c *Client) dial(ctx context.Context, peer string) (*conn, error) {
 		return nil, errNoTCP
 	}
 	cn.sess, cn.tcp = s, tcp
-	if err := cn.primeConn(ctx, bw, c.cfg.CC); err != nil {
+	if err := cn.primeConn(ctx, bw, share, c.cfg.CC); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("priming connection to %s: %w", peer, err)
 	}

@@ -25,6 +25,10 @@ const (
 	primeMsgSize = 64 << 10
 	// MaxPrimeBytes bounds the priming traffic of one connection.
 	MaxPrimeBytes = 16 << 20
+	// maxPrimeRounds bounds the RTTs priming takes.
+	maxPrimeRounds = 8
+	// minPrimeTarget is the least window priming aims for.
+	minPrimeTarget = 256 << 10
 	// minBuffer is the smallest socket buffer bulk asks for.
 	minBuffer = 256 << 10
 )
@@ -46,11 +50,14 @@ type PrimeStats struct {
 	CC           string `json:"congestion_control"`
 	// CwndBefore and CwndAfter are TCP_INFO's congestion window in bytes
 	// (segments × MSS) before and after the priming traffic.
-	CwndBefore int64         `json:"cwnd_before_bytes"`
-	CwndAfter  int64         `json:"cwnd_after_bytes"`
-	PrimeBytes int64         `json:"prime_bytes"`
-	PrimeTime  time.Duration `json:"prime_ns"`
-	Reprimed   bool          `json:"reprimed,omitempty"`
+	CwndBefore int64 `json:"cwnd_before_bytes"`
+	CwndAfter  int64 `json:"cwnd_after_bytes"`
+	PrimeBytes int64 `json:"prime_bytes"`
+	// PrimeTarget is the window priming aimed for: this connection's share
+	// of the BDP.
+	PrimeTarget int64         `json:"prime_target_bytes"`
+	PrimeTime   time.Duration `json:"prime_ns"`
+	Reprimed    bool          `json:"reprimed,omitempty"`
 }
 
 // conn is one primed connection of a pool: a wire session over TCP.
@@ -199,26 +206,42 @@ func measureRTT(ctx context.Context, s *wire.Session) (time.Duration, error) {
 	return best, nil
 }
 
-// primeTraffic sends n bytes of priming messages and waits until the peer
-// has read them (a ping behind them), so slow start has opened the
-// congestion window before data flows.
-func primeTraffic(ctx context.Context, s *wire.Session, n int64) error {
+// primeTraffic opens the congestion window of c towards target bytes: in
+// rounds of one RTT it sends twice the current window (so slow start can
+// double it) and waits for the peer to have read it (a ping behind it). It
+// stops when the window reaches the target, when slow start ends (a loss set
+// ssthresh), or after maxPrimeRounds. It returns the bytes sent.
+func (c *conn) primeTraffic(ctx context.Context, target int64) (int64, error) {
 	buf := make([]byte, primeMsgSize)
-	for sent := int64(0); sent < n; sent += primeMsgSize {
-		if err := s.Send(ctx, MsgPrime, buf); err != nil {
-			return fmt.Errorf("priming: %w", err)
+	var sent int64
+	for round := 0; round < maxPrimeRounds && sent < MaxPrimeBytes; round++ {
+		info, err := tcpInfo(c.tcp)
+		if err != nil {
+			return sent, err
+		}
+		cw := cwndBytes(info)
+		if cw >= target || info.Snd_ssthresh < 1<<20 && round > 0 {
+			break
+		}
+		n := min(max(2*cw, primeMsgSize), MaxPrimeBytes-sent)
+		for b := int64(0); b < n; b += primeMsgSize {
+			if err := c.sess.Send(ctx, MsgPrime, buf); err != nil {
+				return sent, fmt.Errorf("priming: %w", err)
+			}
+			sent += primeMsgSize
+		}
+		if _, err := c.sess.Call(ctx, MsgPing, nil); err != nil {
+			return sent, fmt.Errorf("priming: %w", err)
 		}
 	}
-	if _, err := s.Call(ctx, MsgPing, nil); err != nil {
-		return fmt.Errorf("priming: %w", err)
-	}
-	return nil
+	return sent, nil
 }
 
-// prime measures c's RTT, sizes its send buffer to the bandwidth-delay
-// product for bandwidth bw (bytes per second) and sends priming traffic,
-// recording the congestion window before and after.
-func (c *conn) primeConn(ctx context.Context, bw float64, wantCC string) error {
+// primeConn measures c's RTT, sizes its send buffer to the bandwidth-delay
+// product for bandwidth bw (bytes per second) and sends priming traffic to
+// open its window to its share (1/share) of that product, recording the
+// congestion window before and after.
+func (c *conn) primeConn(ctx context.Context, bw float64, share int, wantCC string) error {
 	t0 := time.Now()
 	rtt, err := measureRTT(ctx, c.sess)
 	if err != nil {
@@ -252,11 +275,10 @@ func (c *conn) primeConn(ctx context.Context, bw float64, wantCC string) error {
 		return err
 	}
 	p.CwndBefore = cwndBytes(before)
-	// Send as much priming traffic as one BDP (at least a few windows):
-	// slow start doubles the window per RTT, so this opens it to about the
-	// BDP within log2(BDP/IW) round trips.
-	n := min(max(p.BDP, 1<<20), MaxPrimeBytes)
-	if err := primeTraffic(ctx, c.sess, n); err != nil {
+	// Open the window to this connection's share of the BDP.
+	target := min(max(p.BDP/int64(max(share, 1)), minPrimeTarget), MaxPrimeBytes/2)
+	n, err := c.primeTraffic(ctx, target)
+	if err != nil {
 		return err
 	}
 	after, err := tcpInfo(c.tcp)
@@ -265,6 +287,7 @@ func (c *conn) primeConn(ctx context.Context, bw float64, wantCC string) error {
 	}
 	p.CwndAfter = cwndBytes(after)
 	p.PrimeBytes += n
+	p.PrimeTarget = target
 	p.PrimeTime = time.Since(t0)
 	return nil
 }
@@ -282,8 +305,8 @@ func (c *conn) reprime(ctx context.Context) error {
 	}
 	c.prime.CwndBefore = cw
 	c.prime.Reprimed = true
-	n := min(max(c.prime.BDP, 1<<20), MaxPrimeBytes)
-	if err := primeTraffic(ctx, c.sess, n); err != nil {
+	n, err := c.primeTraffic(ctx, c.prime.CwndAfter)
+	if err != nil {
 		return err
 	}
 	if info, err = tcpInfo(c.tcp); err == nil {

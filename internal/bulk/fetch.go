@@ -197,7 +197,7 @@ func (s *Service) handleFetch(ctx context.Context, req *wire.Request) ([]byte, e
 		}
 		s.fetchConns[sess] = cn
 		s.fmu.Unlock()
-		if err := cn.primeConn(ctx, DefaultAssumedBandwidth, ""); err != nil {
+		if err := cn.primeConn(ctx, DefaultAssumedBandwidth, len(sessions), ""); err != nil {
 			s.log.Warn("priming a fetch connection failed", "err", err)
 			continue
 		}

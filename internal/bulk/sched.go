@@ -31,6 +31,14 @@ func (t *transfer) worker(st *connState) {
 			for !st.dead && t.ctx.Err() == nil && len(st.pending) > 0 && st.unacked() >= t.windowLocked(st) {
 				t.cond.Wait()
 			}
+			if len(st.pending) == 0 && st.selected && st.bench == 0 && !st.dead && len(t.queue) > 0 {
+				// Pull the next amount at once: the pipe stays full.
+				n := min(max(st.chunk, 1), len(t.queue))
+				st.pending = append(st.pending[:0], t.queue[:n]...)
+				t.queue = t.queue[n:]
+				t.mu.Unlock()
+				continue
+			}
 			if st.dead || len(st.pending) == 0 || t.ctx.Err() != nil {
 				st.busy = false
 				st.finish = time.Now()
@@ -313,6 +321,7 @@ func (t *transfer) schedule(rep *Report) {
 	}
 	stall := max(minStall, 8*rtt)
 	var bestG float64
+	var lastMeasure time.Time
 	hold := 0
 	grew := false
 	var adding atomic.Bool
@@ -375,41 +384,70 @@ func (t *transfer) schedule(rep *Report) {
 			continue
 		}
 		if len(t.queue) == 0 {
+			// Endgame: keep measuring, so that a slow connection holding
+			// the last blocks is found and its blocks sent elsewhere.
+			if now.Sub(lastMeasure) >= roundTime/2 {
+				t.measureLocked(nil, now, max(2*rtt, 20*time.Millisecond))
+				lastMeasure = now
+			}
+		}
+		if len(t.queue) == 0 && !t.resendBenchedLocked() {
 			t.cond.Wait()
 			t.mu.Unlock()
 			continue
 		}
-		// Choose the subset: idle, not sitting out, fastest first.
-		var cand, benched []*connState
+		// Choose the subset. Connections already in it keep working (each
+		// pulls its next amount from the queue as soon as it has sent the
+		// last, so no connection idles at a sub-transfer boundary); one
+		// that sits out is taken out, and idle ones join, fastest first,
+		// up to k.
+		var active, cand, benched []*connState
 		for _, st := range live {
-			if st.busy {
-				continue
-			}
 			if st.bench > 0 {
 				st.bench--
 				st.rep.LeftOut++
-				benched = append(benched, st)
+				if st.selected {
+					st.selected = false
+					t.requeueLocked(st.pending)
+					st.pending = nil
+				}
+				if !st.busy {
+					benched = append(benched, st)
+				}
 				continue
 			}
-			cand = append(cand, st)
+			if st.selected {
+				active = append(active, st)
+			} else if !st.busy {
+				cand = append(cand, st)
+			}
 		}
-		if len(cand) == 0 {
+		if len(active) == 0 && len(cand) == 0 {
 			if len(benched) == 0 {
-				t.cond.Wait() // everyone is busy finishing a straggling send
+				t.cond.Wait() // everyone is busy finishing a send
 				t.mu.Unlock()
 				continue
 			}
 			cand = benched // nobody else: probe those sitting out
 		}
 		sort.SliceStable(cand, func(a, b int) bool { return cand[a].rate > cand[b].rate })
-		if len(cand) > k {
-			cand = cand[:k]
+		if need := k - len(active); len(cand) > need {
+			cand = cand[:max(need, 0)]
 		}
+		if len(active) > k {
+			// Shrinking: the slowest active ones stop after their amount.
+			sort.SliceStable(active, func(a, b int) bool { return active[a].rate > active[b].rate })
+			for _, st := range active[k:] {
+				st.selected = false
+			}
+			active = active[:k]
+		}
+		sub := append(active, cand...)
 		bw := t.est.Bandwidth()
-		for _, st := range cand {
+		for _, st := range sub {
 			amount := st.rate * roundTime.Seconds()
 			if amount == 0 {
-				amount = bw * roundTime.Seconds() / float64(len(cand))
+				amount = bw * roundTime.Seconds() / float64(len(sub))
 			}
 			if st.rate == 0 && bw == 0 {
 				// Nothing measured yet: a few blocks, so a slow
@@ -417,102 +455,44 @@ func (t *transfer) schedule(rep *Report) {
 				// seen to be slow.
 				amount = float64(4 * t.bs)
 			}
-			blocks := max(2, int(amount)/t.bs)
-			blocks = min(blocks, 256, len(t.queue))
+			st.chunk = min(max(2, int(amount)/t.bs), 256)
+			st.rep.Rounds++
+			st.selected = true
+			if st.lastLook.IsZero() {
+				st.lastLook = time.Now() // its rate is measured from here
+			}
+			if st.busy || len(t.queue) == 0 {
+				continue // it pulls its next amount itself
+			}
+			blocks := min(st.chunk, len(t.queue))
 			st.pending = append(st.pending[:0], t.queue[:blocks]...)
 			t.queue = t.queue[blocks:]
 			st.busy = true
 			st.sentR, st.sendDur = 0, 0
-			st.rep.Rounds++
 			select {
 			case st.wake <- struct{}{}:
 			default:
 			}
-			if len(t.queue) == 0 {
-				break
-			}
-		}
-		var sub []*connState
-		for _, st := range cand {
-			if st.busy {
-				sub = append(sub, st)
-			}
 		}
 		start := time.Now()
 		ackedStart := t.acked
-		// Wait for the sub-transfer: until every connection of the subset
-		// has sent its amount, or, once half have, until the stragglers
-		// are clearly behind.
-		var half time.Time
-		for {
-			if t.fatal != nil || t.ctx.Err() != nil {
-				break
-			}
-			done := 0
+		// The sub-transfer lasts roundTime, or until the queue is empty
+		// and every connection has sent what it took.
+		for t.fatal == nil && t.ctx.Err() == nil && time.Since(start) < roundTime {
+			idle := true
 			for _, st := range sub {
-				if !st.busy {
-					done++
+				if st.busy {
+					idle = false
 				}
 			}
-			if done == len(sub) {
-				break
-			}
-			if half.IsZero() && done*2 >= len(sub) {
-				half = time.Now()
-			}
-			if !half.IsZero() && time.Since(start) > 2*half.Sub(start)+roundTime/2 {
+			if idle && len(t.queue) == 0 {
 				break
 			}
 			t.cond.Wait()
 		}
 		end := time.Now()
-		window := max(2*rtt, 20*time.Millisecond)
-		for _, st := range sub {
-			if st.busy {
-				// A straggler: take back what it has not sent.
-				t.requeueLocked(st.pending)
-				st.pending = nil
-				t.benchLocked(st, "fell behind")
-			}
-		}
-		// Each connection's rate is what the receiver acknowledged on it,
-		// measured over at least a window of a few RTTs.
-		var rates []float64
-		for _, st := range t.conns {
-			if st.dead {
-				continue
-			}
-			st.accB += st.rep.Bytes - st.ackMark
-			st.ackMark = st.rep.Bytes
-			// Wall time since the last look counts while the connection
-			// had work (sent or queued): a rate over time spent idle
-			// would measure the scheduler, not the path.
-			if !st.lastLook.IsZero() && (slices.Contains(sub, st) || len(st.infl) > 0) {
-				st.accT += end.Sub(st.lastLook)
-			}
-			st.lastLook = end
-			if st.accT >= window {
-				r := float64(st.accB) / st.accT.Seconds()
-				if st.rate == 0 {
-					st.rate = r
-				} else {
-					st.rate = 0.5*st.rate + 0.5*r
-				}
-				st.accB, st.accT = 0, 0
-			}
-			if st.rate > 0 && st.bench == 0 {
-				rates = append(rates, st.rate)
-			}
-		}
-		if len(rates) >= 2 {
-			sort.Float64s(rates)
-			med := rates[len(rates)/2]
-			for _, st := range t.conns {
-				if !st.dead && st.bench == 0 && st.rate > 0 && st.rate < slowFactor*med {
-					t.benchLocked(st, "slower than the others")
-				}
-			}
-		}
+		t.measureLocked(sub, end, max(2*rtt, 20*time.Millisecond))
+		lastMeasure = end
 		elapsed := end.Sub(start)
 		g := float64(t.acked-ackedStart) / elapsed.Seconds()
 		rep.Rounds++
@@ -575,19 +555,82 @@ func (t *transfer) windowLocked(st *connState) int64 {
 	return max(w, 4*int64(t.bs), minWindow)
 }
 
-// benchLocked leaves st out of the next sub-transfers and re-sends its
-// unacknowledged blocks on the others.
+// measureLocked updates each connection's acknowledged rate and leaves out
+// those far slower than the median.
+func (t *transfer) measureLocked(sub []*connState, end time.Time, window time.Duration) {
+	// Each connection's rate is what the receiver acknowledged on it,
+	// measured over at least a window of a few RTTs.
+	var rates []float64
+	for _, st := range t.conns {
+		if st.dead {
+			continue
+		}
+		st.accB += st.rep.Bytes - st.ackMark
+		st.ackMark = st.rep.Bytes
+		// Wall time since the last look counts while the connection
+		// had work (sent or queued): a rate over time spent idle
+		// would measure the scheduler, not the path.
+		if !st.lastLook.IsZero() && (slices.Contains(sub, st) || len(st.infl) > 0) {
+			st.accT += end.Sub(st.lastLook)
+		}
+		st.lastLook = end
+		if st.accT >= window {
+			r := float64(st.accB) / st.accT.Seconds()
+			if r == 0 && len(st.infl) > 0 {
+				r = 1 // it holds data and delivered none: the slowest of all
+			}
+			if st.rate == 0 {
+				st.rate = r
+			} else {
+				st.rate = 0.5*st.rate + 0.5*r
+			}
+			st.accB, st.accT = 0, 0
+		}
+		if st.rate > 0 && st.bench == 0 {
+			rates = append(rates, st.rate)
+		}
+	}
+	if len(rates) >= 2 {
+		sort.Float64s(rates)
+		med := rates[len(rates)/2]
+		for _, st := range t.conns {
+			if !st.dead && st.bench == 0 && st.rate > 0 && st.rate < slowFactor*med {
+				t.benchLocked(st, "slower than the others")
+			}
+		}
+	}
+}
+
+// benchLocked leaves st out of the next sub-transfers. Its blocks in
+// flight stay with it (on a lossy path every flow is slow now and then, and
+// sending them twice would waste the path) until the endgame: when nothing
+// is left to assign, the blocks a left-out connection still holds are sent
+// again on the others (resendBenchedLocked).
 func (t *transfer) benchLocked(st *connState, why string) {
 	st.bench = benchRounds
 	st.benched++
-	var back []blockRef
-	for _, in := range st.infl {
-		back = append(back, in.ref)
+	t.cl.log.Debug("connection left out of the next sub-transfers",
+		"conn", st.c.id, "why", why, "rate", st.rate, "unacked", st.unacked())
+}
+
+// resendBenchedLocked re-queues the unacknowledged blocks of connections
+// that are left out; it reports whether it queued any.
+func (t *transfer) resendBenchedLocked() bool {
+	any := false
+	for _, st := range t.conns {
+		if st.dead || st.bench == 0 || len(st.infl) == 0 {
+			continue
+		}
+		var back []blockRef
+		for _, in := range st.infl {
+			back = append(back, in.ref)
+		}
+		st.infl = map[uint64]inflight{}
+		t.requeueLocked(back)
+		any = true
+		t.cl.log.Debug("endgame: re-sending a left-out connection's blocks on the others", "conn", st.c.id, "blocks", len(back))
 	}
-	st.infl = map[uint64]inflight{}
-	t.requeueLocked(back)
-	t.cl.log.Debug("connection left out of the next sub-transfers; its unacknowledged blocks go to the others",
-		"conn", st.c.id, "why", why, "rate", st.rate, "requeued", len(back))
+	return any
 }
 
 // updatePacing re-estimates the bandwidth and sets the userspace pacer and

@@ -22,7 +22,7 @@ const (
 	MinRoundTime = 200 * time.Millisecond
 	// slowFactor: a connection whose send rate in a sub-transfer is below
 	// this fraction of the median is left out of the next ones.
-	slowFactor = 0.5
+	slowFactor = 0.33
 	// benchRounds is how many sub-transfers a left-out connection sits out
 	// before it is probed again with a small amount.
 	benchRounds = 4
@@ -198,6 +198,8 @@ type connState struct {
 	wake     chan struct{}
 	dead     bool
 	finish   time.Time
+	selected bool          // in the current subset: pulls work from the queue
+	chunk    int           // blocks it takes at a time
 	ackMark  int64         // rep.Bytes when the rate was last measured
 	accB     int64         // acked bytes since the last rate update
 	accT     time.Duration // busy time since the last rate update
