@@ -172,8 +172,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Lock()
 	a.started = time.Now()
 	a.mu.Unlock()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// Shutdown is ordered: feature services stop first (svcCtx), while
+	// listeners and peer sessions still run (netCtx), so that a service can
+	// say goodbye to its peers (gossip leave, a last shipment); then the
+	// network side stops.
+	svcCtx, svcCancel := context.WithCancel(ctx)
+	defer svcCancel()
+	netCtx, netCancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer netCancel()
 
 	wln, err := net.Listen("tcp", a.cfg.Listen)
 	if err != nil {
@@ -192,9 +198,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	_ = os.Chmod(sock, 0o600)
 
-	var wg sync.WaitGroup
+	var netWG, svcWG sync.WaitGroup
 	errc := make(chan error, 4+len(a.services))
-	run := func(name string, f func() error) {
+	run := func(wg *sync.WaitGroup, ctx context.Context, name string, f func() error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -204,22 +210,22 @@ func (a *Agent) Run(ctx context.Context) error {
 		}()
 	}
 	l := &wire.Listener{TLS: a.id.ServerTLS(a.log), Cfg: a.wcfg, OnSession: a.onInbound}
-	run("wire listener", func() error { return l.Serve(ctx, wln) })
+	run(&netWG, netCtx, "wire listener", func() error { return l.Serve(netCtx, wln) })
 	httpSrv := &http.Server{Handler: a.api, ReadHeaderTimeout: 10 * time.Second}
-	run("API", func() error { return serveHTTP(ctx, httpSrv, uln) })
+	run(&netWG, netCtx, "API", func() error { return serveHTTP(netCtx, httpSrv, uln) })
 	if a.cfg.APIListen != "" {
 		tln, err := net.Listen("tcp", a.cfg.APIListen)
 		if err != nil {
-			cancel()
-			wg.Wait()
+			netCancel()
+			netWG.Wait()
 			return fmt.Errorf("listening for the API on %s: %w", a.cfg.APIListen, err)
 		}
 		tsrv := &http.Server{Handler: a.api, ReadHeaderTimeout: 10 * time.Second, TLSConfig: a.id.StrictServerTLS(a.log)}
-		run("API (TCP)", func() error { return serveHTTP(ctx, tsrv, newTLSListener(tln, tsrv.TLSConfig)) })
+		run(&netWG, netCtx, "API (TCP)", func() error { return serveHTTP(netCtx, tsrv, newTLSListener(tln, tsrv.TLSConfig)) })
 	}
-	run("peers", func() error { a.peerLoop(ctx); return nil })
+	run(&netWG, netCtx, "peers", func() error { a.peerLoop(netCtx); return nil })
 	for _, s := range a.services {
-		run(s.Name(), func() error { return s.Run(ctx) })
+		run(&svcWG, svcCtx, s.Name(), func() error { return s.Run(svcCtx) })
 	}
 	a.log.Info("agent running", "listen", wln.Addr().String(), "api", sock, "cluster", a.id.ClusterID(), "version", a.Versions()["agent"])
 
@@ -229,12 +235,33 @@ func (a *Agent) Run(ctx context.Context) error {
 	case runErr = <-errc:
 		a.log.Error("agent stopping", "err", runErr)
 	}
-	cancel()
+	svcCancel()
+	if !waitTimeout(&svcWG, serviceStopTimeout) {
+		a.log.Warn("services did not stop in time; closing sessions under them", "timeout", serviceStopTimeout)
+	}
+	netCancel()
 	a.closeSessions()
-	wg.Wait()
+	netWG.Wait()
+	svcWG.Wait()
 	_ = os.Remove(sock)
 	a.log.Info("agent stopped")
 	return runErr
+}
+
+// serviceStopTimeout bounds how long shutdown waits for feature services
+// before it closes the peer sessions under them.
+const serviceStopTimeout = 10 * time.Second
+
+// waitTimeout waits for wg up to d and reports whether it finished.
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
 }
 
 func serveHTTP(ctx context.Context, srv *http.Server, ln net.Listener) error {
