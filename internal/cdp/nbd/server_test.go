@@ -339,3 +339,77 @@ func FuzzSession(f *testing.F) {
 		}
 	})
 }
+
+// batchDevice is a memDevice that takes batches and records their sizes.
+type batchDevice struct {
+	memDevice
+	mu      sync.Mutex
+	batches []int
+}
+
+func (d *batchDevice) InlineWrites() bool { return true }
+
+func (d *batchDevice) WriteBatch(ctx context.Context, reqs []WriteRequest) []error {
+	d.mu.Lock()
+	d.batches = append(d.batches, len(reqs))
+	d.mu.Unlock()
+	errs := make([]error, len(reqs))
+	for i, r := range reqs {
+		errs[i] = d.WriteAt(ctx, r.Data, r.Off, false)
+	}
+	return errs
+}
+
+// TestPipelinedWritesAreBatched sends writes back to back in one packet:
+// the server hands them to the device together, answers each, and stops a
+// batch at a request that must be refused.
+func TestPipelinedWritesAreBatched(t *testing.T) {
+	dev := &batchDevice{memDevice: memDevice{data: make([]byte, 1<<20)}}
+	s, err := NewServer(DefaultConfig(), memExports{"disk": dev}, slog.New(slog.NewTextHandler(tWriter{t}, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := dialTest(t, s, false)
+	var burst bytes.Buffer
+	req := func(cookie, off uint64, n uint32, fill byte) {
+		b := binary.BigEndian.AppendUint32(nil, magicRequest)
+		b = binary.BigEndian.AppendUint16(b, 0)
+		b = binary.BigEndian.AppendUint16(b, cmdWrite)
+		b = binary.BigEndian.AppendUint64(b, cookie)
+		b = binary.BigEndian.AppendUint64(b, off)
+		b = binary.BigEndian.AppendUint32(b, n)
+		burst.Write(append(b, bytes.Repeat([]byte{fill}, int(n))...))
+	}
+	for i := 0; i < 8; i++ {
+		req(uint64(i), uint64(i)*4096, 4096, byte(i+1))
+	}
+	req(8, 1<<20, 4096, 9) // past the end: ENOSPC, ends the batch
+	req(9, 0, 512, 10)
+	go c.c.Write(burst.Bytes())
+	got := map[uint64]uint32{}
+	for i := 0; i < 10; i++ {
+		errno, cookie, _ := c.simpleReply(0)
+		got[cookie] = errno
+	}
+	for i := uint64(0); i < 10; i++ {
+		want := uint32(0)
+		if i == 8 {
+			want = errNoSpc
+		}
+		if e, ok := got[i]; !ok || e != want {
+			t.Fatalf("reply to %d: errno %d (present %v), want %d", i, e, ok, want)
+		}
+	}
+	if dev.data[0] != 10 || dev.data[512] != 1 || dev.data[7*4096] != 8 {
+		t.Fatalf("device content wrong: %d %d %d", dev.data[0], dev.data[512], dev.data[7*4096])
+	}
+	dev.mu.Lock()
+	defer dev.mu.Unlock()
+	maxBatch := 0
+	for _, n := range dev.batches {
+		maxBatch = max(maxBatch, n)
+	}
+	if maxBatch < 2 {
+		t.Fatalf("writes were not batched: %v", dev.batches)
+	}
+}
