@@ -324,7 +324,12 @@ func FuzzSession(f *testing.F) {
 	req(cmdDisc, 0, 0, nil)
 	f.Add(seed.Bytes())
 	f.Fuzz(func(t *testing.T, in []byte) {
-		dev := &memDevice{data: make([]byte, 1<<16)}
+		// Half the sessions go to a device that takes write batches and
+		// inline writes, half to one that does not.
+		var dev Device = &memDevice{data: make([]byte, 1<<16)}
+		if len(in)%2 == 0 {
+			dev = &batchDevice{memDevice: memDevice{data: make([]byte, 1<<16)}}
+		}
 		s, _ := NewServer(Config{MaxInFlight: 4, HandshakeTimeout: time.Second}, memExports{"disk": dev}, slog.New(slog.DiscardHandler))
 		a, b := net.Pipe()
 		done := make(chan struct{})
