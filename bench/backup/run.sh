@@ -124,6 +124,15 @@ for run in $(seq 1 "$RUNS"); do
 			echo "== run $run, data $ds, $tool" >&2
 			run_tool "$tool" "$ds" "$dir" "$run"
 		done
+		# File-system baseline for restore: copying the data set with cp -a.
+		rm -rf "$BENCH_DIR/restore"
+		sync
+		TIMES="$BENCH_DIR/times-cp"
+		: >"$TIMES"
+		timed cp cp -a "$dir" "$BENCH_DIR/restore"
+		rm -rf "$BENCH_DIR/restore"
+		read -r _ secs _ <"$TIMES"
+		printf '%s\t%s\t%s\t%s\t%s\n' "$ds" cp "$run" restore "$secs" >>"$RESULTS"
 	done
 done
 
@@ -207,6 +216,8 @@ for ds, title in (("go", "Go toolchain tree (GOROOT)"), ("gen", "generated set")
         def ratio(a, b):
             return f"{a / b:.2f}x" if a and b else "-"
         print(f"| {label:<30} | {f(row[0])} | {f(row[1]):>10} | {f(row[2])} | {f(row[3])} | {ratio(row[2], row[0]):>15} | {ratio(row[2], row[1]):>17} | {ratio(row[3], row[0]):>13} |")
+    if med.get((ds, "cp", "restore")):
+        print(f"\nfile-system baseline: cp -a of the same data takes {med[(ds, 'cp', 'restore')]:.2f} s (a restore cannot beat the file system)")
     if ds == "go" and med.get(("go", "hf", "initial")):
         rate = go_bytes / med[("go", "hf", "initial")] / 1e6
         for tool, name in (("hf", "holdfast (zstd default)"), ("hf1", "holdfast --compression fastest")):
