@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 
 	"github.com/holdfast/holdfast/internal/agent"
+	"github.com/holdfast/holdfast/internal/cdp"
 	"github.com/holdfast/holdfast/internal/pool"
 	"github.com/spf13/cobra"
 )
@@ -28,6 +29,7 @@ func addStateFlag(cmd *cobra.Command, p *string) {
 
 func newAgentCommand() *cobra.Command {
 	var state, listen string
+	var svc serviceOptions
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the holdfast agent daemon",
@@ -36,10 +38,12 @@ func newAgentCommand() *cobra.Command {
 The state directory must hold a cluster identity and configuration, made by
 'holdfast cluster init' (first node) or 'holdfast cluster join' (others).
 The agent serves its API on <state>/agent.sock, talks to peers over mTLS on
---listen, and exposes /healthz and /metrics on the API.`,
+--listen, and exposes /healthz and /metrics on the API. It runs the storage
+pool (peer shards) and the CDP volumes, whose NBD exports are served on
+<state>/nbd.sock and, with --nbd-listen, on TCP.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			a, err := agent.New(state, agent.Options{Logger: logger(), Listen: listen, Services: agentServices()})
+			a, err := agent.New(state, agent.Options{Logger: logger(), Listen: listen, Services: agentServices(svc)})
 			if err != nil {
 				return err
 			}
@@ -48,10 +52,19 @@ The agent serves its API on <state>/agent.sock, talks to peers over mTLS on
 	}
 	addStateFlag(cmd, &state)
 	cmd.Flags().StringVar(&listen, "listen", "", "address for peer connections (overrides the config's listen)")
+	cmd.Flags().StringVar(&svc.nbdListen, "nbd-listen", "", "TCP address to serve volumes over NBD (the unix socket <state>/nbd.sock is always served)")
 	return cmd
 }
 
+// serviceOptions are the agent flags that configure its services.
+type serviceOptions struct {
+	nbdListen string
+}
+
 // agentServices returns the feature services an agent runs.
-func agentServices() []agent.Service {
-	return []agent.Service{pool.NewService(pool.Options{})}
+func agentServices(o serviceOptions) []agent.Service {
+	return []agent.Service{
+		pool.NewService(pool.Options{}),
+		cdp.NewService(cdp.ServiceOptions{NBDListen: o.nbdListen}),
+	}
 }
