@@ -52,7 +52,9 @@ func TestAgentVolumesReplicateOverMTLS(t *testing.T) {
 	if r := run(t, "volume", "create", "db", "--size", "64M", "--remote", "b", "--async", "--state", a); r.code != 0 {
 		t.Fatalf("volume create: %s", r.stderr)
 	}
-	nbd := func(vol string) string { return fmt.Sprintf("nbd+unix:///%s?socket=%s", vol, filepath.Join(a, "nbd.sock")) }
+	nbd := func(vol string) string {
+		return fmt.Sprintf("nbd+unix:///%s?socket=%s", vol, filepath.Join(a, "nbd.sock"))
+	}
 	qemuIO := func(vol, op string) error {
 		out, err := exec.Command("qemu-io", "-f", "raw", "-c", op, nbd(vol)).CombinedOutput()
 		if err != nil || strings.Contains(string(out), "Pattern verification failed") {
