@@ -4,6 +4,8 @@
 # multi-connection downloader (aria2c -x 8 from python's HTTP server),
 # rsync to an rsync daemon, and scp. Cubic congestion control everywhere.
 # Usage: bench/bulk/wan.sh   (RATE=200Mbit RTT=100ms LOSS=0.1% SIZE=128M RUNS=3)
+# Rows: holdfast (cubic, --streams auto), holdfast-16 (cubic, 16 streams),
+# holdfast-bbr (--cc bbr, like the baselines that use the hosts' default).
 # net.core.wmem_max stays as it is (4 MiB here): it caps one socket's send
 # buffer, which alone limits one stream to about wmem_max/RTT.
 . "$(dirname "$0")/common.sh"
@@ -17,7 +19,7 @@ head -c "$SIZE" /dev/urandom > "$WORK/src.bin"
 BYTES=$(stat -c %s "$WORK/src.bin")
 mkdir -p "$WORK/recv" "$WORK/www" "$WORK/rsync" "$WORK/scp" "$WORK/aria"
 ln -f "$WORK/src.bin" "$WORK/www/src.bin"
-echo "file: $BYTES bytes, RUNS=$RUNS, cc=$(sysctl -n net.ipv4.tcp_congestion_control)"
+echo "file: $BYTES bytes, RUNS=$RUNS; holdfast and iperf3 set cubic per socket; aria2c, rsync and scp use the lab hosts' default: $LABCC (allowed here: $(sysctl -n net.ipv4.tcp_allowed_congestion_control))"
 
 $H1 "$HF" serve --state "$WORK/state" --listen $A1:7470 --root "$WORK/recv" 2>"$WORK/serve.log" & PIDS+=($!)
 $H1 iperf3 -s -p 5201 >/dev/null 2>&1 & PIDS+=($!)
@@ -41,9 +43,12 @@ elapsed() { python3 -c "import sys; print(float(sys.argv[2])-float(sys.argv[1]))
 run() { # tool -> prints "seconds goodput_bits_per_s"
 	local t0 t1 s
 	case $1 in
-	holdfast)
+	holdfast|holdfast-16|holdfast-bbr)
+		local flags=(--cc cubic)
+		[ "$1" = holdfast-16 ] && flags=(--cc cubic --streams 16)
+		[ "$1" = holdfast-bbr ] && flags=(--cc bbr)
 		rm -f "$WORK/recv/dst.bin"; t0=$(now)
-		$H0 "$HF" cp --state "$WORK/state" --no-progress --json --cc cubic "$WORK/src.bin" $A1:7470:/dst.bin > "$WORK/rep.json"
+		$H0 "$HF" cp --state "$WORK/state" --no-progress --json "${flags[@]}" "$WORK/src.bin" $A1:7470:/dst.bin > "$WORK/rep.json"
 		t1=$(now); cmp -s "$WORK/src.bin" "$WORK/recv/dst.bin" || { echo "holdfast copy differs" >&2; exit 1; } ;;
 	iperf3-P1|iperf3-P8)
 		local p=${1#iperf3-P}
@@ -67,7 +72,7 @@ run() { # tool -> prints "seconds goodput_bits_per_s"
 	python3 -c "import sys; s=float(sys.argv[1]); print(s, $BYTES*8/s)" "$s"
 }
 
-TOOLS="holdfast iperf3-P1 iperf3-P8 aria2c rsync scp"
+TOOLS="${TOOLS:-holdfast holdfast-16 holdfast-bbr iperf3-P1 iperf3-P8 aria2c rsync scp}"
 declare -A RATES
 for i in $(seq "$RUNS"); do
 	for tool in $TOOLS; do
@@ -90,7 +95,7 @@ python3 - "$WORK/rep.json" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
 c = d["conns"][0]["prime"]
-print("holdfast (last run): %d connections at most, %d sub-transfers; priming: RTT %.1f ms, send buffer wanted %d, got %d%s; cwnd %d -> %d bytes; retransmits %s" % (
+print("last holdfast run (holdfast-bbr): %d connections at most, %d sub-transfers; priming: RTT %.1f ms, send buffer wanted %d, got %d%s; cwnd %d -> %d bytes; retransmits %s" % (
     d["max_streams_used"], d["sub_transfers"], c["rtt_ns"] / 1e6, c["sndbuf_wanted"], c["sndbuf"],
     " (capped by net.core.wmem_max=%d)" % c["wmem_max"] if c["sndbuf_capped"] else "",
     c["cwnd_before_bytes"], c["cwnd_after_bytes"], [x["retransmits"] for x in d["conns"]]))

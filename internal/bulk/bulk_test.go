@@ -280,3 +280,39 @@ func BenchmarkLoopbackNoPace(b *testing.B) {
 	defer func() { benchOpts = Options{Streams: 4} }()
 	BenchmarkLoopback(b)
 }
+
+// TestPoolKeepsPrimedConnections checks that a second transfer to the same
+// peer reuses the first one's primed connections, and that no pacing cap
+// left by the first (rate-limited) transfer throttles the second.
+func TestPoolKeepsPrimedConnections(t *testing.T) {
+	p := newPair(t)
+	src := filepath.Join(t.TempDir(), "f")
+	writeRandom(t, src, 4<<20)
+	if _, err := p.client.SendFiles(context.Background(), p.addr, []string{src}, "a", Options{Streams: 3, RateLimit: 8e6, BlockSize: 256 << 10}); err != nil {
+		t.Fatal(err)
+	}
+	if n := p.client.Pooled(p.addr); n != 3 {
+		t.Fatalf("%d connections pooled after the first transfer, want 3", n)
+	}
+	var caps []uint64
+	opts := Options{Streams: 3, BlockSize: 256 << 10}
+	opts.OnConn = func(id int, c *net.TCPConn) {
+		if info, err := tcpInfo(c); err == nil {
+			caps = append(caps, info.Max_pacing_rate)
+		}
+	}
+	rep, err := p.client.SendFiles(context.Background(), p.addr, []string{src}, "b", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range rep.Conns {
+		if !c.Pooled {
+			t.Errorf("conn %d of the second transfer was not from the pool", c.ID)
+		}
+	}
+	for _, c := range caps {
+		if c != ^uint64(0) {
+			t.Errorf("a pooled connection started the second transfer with a pacing cap of %d B/s", c)
+		}
+	}
+}

@@ -239,6 +239,9 @@ func (c *Client) release(peer string, cs []*conn) {
 			cn.sess.Close()
 			continue
 		}
+		// The next transfer paces from its own estimate: a pacing cap
+		// left from this one would throttle it before it measures anything.
+		_ = pace.SetSocketRate(cn.tcp, 0)
 		cn.lastUsed.Store(time.Now().UnixNano())
 		c.idle[peer] = append(c.idle[peer], cn)
 	}
