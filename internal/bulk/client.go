@@ -184,6 +184,7 @@ func (c *Client) acquire(ctx context.Context, peer string, n int) ([]*conn, erro
 	for _, cn := range got {
 		cn.prime.Reprimed = false
 		if err := cn.reprime(ctx); err != nil {
+			c.log.Debug("dropping a pooled connection; a new one replaces it", "peer", peer, "conn", cn.id, "err", err)
 			cn.sess.Close()
 		}
 	}
