@@ -257,3 +257,38 @@ func TestRestoreIncludes(t *testing.T) {
 	}
 	_ = bytes.Equal
 }
+
+// TestRestoreDoesNotFollowSymlinks restores over a target where a symlink
+// to another directory sits in place of a snapshot directory and of a file:
+// nothing may be written through them.
+func TestRestoreDoesNotFollowSymlinks(t *testing.T) {
+	ctx := context.Background()
+	r, _ := newTestRepo(t)
+	src := filepath.Join(t.TempDir(), "src")
+	makeTree(t, src, 60)
+	sn, _, err := r.Backup(ctx, []string{src}, BackupOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := t.TempDir()
+	outside := t.TempDir()
+	os.MkdirAll(filepath.Join(target, "src"), 0o755)
+	if err := os.Symlink(outside, filepath.Join(target, "src", "d")); err != nil {
+		t.Fatal(err)
+	}
+	victim := filepath.Join(outside, "victim")
+	os.WriteFile(victim, []byte("keep me"), 0o644)
+	if err := os.Symlink(victim, filepath.Join(target, "src", "text.txt")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Restore(ctx, sn.ID, target, RestoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if ents, _ := os.ReadDir(outside); len(ents) != 1 {
+		t.Fatalf("restore wrote through a symlinked directory: %d entries outside", len(ents))
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "keep me" {
+		t.Fatalf("restore wrote through a symlinked file: %q", b)
+	}
+	compareTrees(t, src, filepath.Join(target, "src"))
+}

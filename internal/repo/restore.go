@@ -280,6 +280,14 @@ func (rs *restorer) plan(ctx context.Context, tree ID, rel string, fresh bool) e
 		switch n.Type {
 		case NodeDir:
 			merr := os.Mkdir(dst, 0o700)
+			if errors.Is(merr, os.ErrExist) {
+				// Never restore through a symlink (or into a file) that
+				// already sits where a directory belongs.
+				if fi, err := os.Lstat(dst); err == nil && !fi.IsDir() {
+					os.Remove(dst)
+					merr = os.Mkdir(dst, 0o700)
+				}
+			}
 			if merr != nil && !errors.Is(merr, os.ErrExist) {
 				rs.fail("%s: %v", dst, merr)
 				continue
