@@ -25,12 +25,17 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			if !cmd.Flags().Changed("log-level") && !daemonCommands[cmd.CommandPath()] {
+				// One-shot commands print their results; their logs are
+				// for problems only unless asked for.
+				globals.logLevel = "warn"
+			}
 			return setupLogging(cmd.ErrOrStderr())
 		},
 	}
 	pf := root.PersistentFlags()
 	pf.StringVar(&globals.logFormat, "log-format", "text", "log format: text or json")
-	pf.StringVar(&globals.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	pf.StringVar(&globals.logLevel, "log-level", "info", "log level: debug, info, warn or error (one-shot commands default to warn)")
 	pf.BoolVar(&globals.json, "json", false, "print machine-readable JSON output")
 
 	// Each command group lives in its own file as newXCommand.
@@ -49,6 +54,17 @@ func newRootCommand() *cobra.Command {
 	)
 	root.AddCommand(newRepoCommands()...) // backup repository: cmd_repo.go
 	return root
+}
+
+// daemonCommands log at info by default; every other command at warn.
+// holdfast cp is among them because its service-level changes are logged.
+var daemonCommands = map[string]bool{
+	"holdfast agent":         true,
+	"holdfast cp":            true,
+	"holdfast serve":         true,
+	"holdfast lab up":        true,
+	"holdfast volume serve":  true,
+	"holdfast netdiag proxy": true,
 }
 
 func setupLogging(w io.Writer) error {
