@@ -15,6 +15,7 @@ cleanup() {
 	[ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap "exit 130" INT TERM
 
 need() {
 	for t in "$@"; do
