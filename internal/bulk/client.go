@@ -26,7 +26,7 @@ const (
 	// MaxStreams bounds the connections of one transfer.
 	MaxStreams = 64
 	// DefaultMaxStreams is the most connections --streams auto grows to.
-	DefaultMaxStreams = 16
+	DefaultMaxStreams = 32
 )
 
 // ClientConfig configures a Client.

@@ -508,13 +508,18 @@ func (t *transfer) schedule(rep *Report) {
 			case g > bestG*(1+growMargin):
 				bestG = g
 				if k < t.opts.MaxStreams {
-					k++
+					// Grow by half again while goodput grows: on a lossy
+					// long path one cubic flow carries a few Mbit/s and
+					// tens may be needed.
+					k = min(k+max(1, k/2), t.opts.MaxStreams)
 					grew = true
-					if nconns < k && adding.CompareAndSwap(false, true) {
+					if add := k - nconns; add > 0 && adding.CompareAndSwap(false, true) {
 						go func() {
-							cs, err := t.cl.acquire(t.ctx, t.peer, 1)
+							cs, err := t.cl.acquire(t.ctx, t.peer, add)
 							if err == nil {
-								t.addConn(cs[0], false)
+								for _, cn := range cs {
+									t.addConn(cn, false)
+								}
 							}
 							adding.Store(false)
 						}()
