@@ -47,6 +47,7 @@ run() { # tool -> prints "seconds goodput_bits_per_s"
 		local flags=(--cc cubic)
 		[ "$1" = holdfast-16 ] && flags=(--cc cubic --streams 16)
 		[ "$1" = holdfast-bbr ] && flags=(--cc bbr)
+		echo "$1" > "$WORK/lasthf"
 		rm -f "$WORK/recv/dst.bin"; t0=$(now)
 		$H0 "$HF" cp --state "$WORK/state" --no-progress --json "${flags[@]}" "$WORK/src.bin" $A1:7470:/dst.bin > "$WORK/rep.json"
 		t1=$(now); cmp -s "$WORK/src.bin" "$WORK/recv/dst.bin" || { echo "holdfast copy differs" >&2; exit 1; } ;;
@@ -91,12 +92,13 @@ for tool in $TOOLS; do
 	m=$(echo ${RATES[$tool]} | tr ' ' '\n' | median)
 	python3 -c "import sys; n,m,l,o=sys.argv[1],*map(float,sys.argv[2:5]); print('%-11s %13.1f %8.0f%% %10.2fx' % (n, m/1e6, 100*m/l, m/o))" "$tool" "$m" "$LINK" "$ONE"
 done
-python3 - "$WORK/rep.json" <<'PY'
+python3 - "$WORK/rep.json" "$(cat "$WORK/lasthf" 2>/dev/null)" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
+name = sys.argv[2]
 c = d["conns"][0]["prime"]
-print("last holdfast run (holdfast-bbr): %d connections at most, %d sub-transfers; priming: RTT %.1f ms, send buffer wanted %d, got %d%s; cwnd %d -> %d bytes; retransmits %s" % (
-    d["max_streams_used"], d["sub_transfers"], c["rtt_ns"] / 1e6, c["sndbuf_wanted"], c["sndbuf"],
+print("last holdfast run (%s): %d connections at most, %d sub-transfers; priming: RTT %.1f ms, send buffer wanted %d, got %d%s; cwnd %d -> %d bytes; retransmits %s" % (
+    name, d["max_streams_used"], d["sub_transfers"], c["rtt_ns"] / 1e6, c["sndbuf_wanted"], c["sndbuf"],
     " (capped by net.core.wmem_max=%d)" % c["wmem_max"] if c["sndbuf_capped"] else "",
     c["cwnd_before_bytes"], c["cwnd_after_bytes"], [x["retransmits"] for x in d["conns"]]))
 PY
