@@ -23,6 +23,15 @@ var (
 	buildErr  error
 )
 
+// TestMain removes the binary holdfastBinary built.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" && buildErr == nil {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
 // holdfastBinary builds cmd/holdfast once per test run.
 func holdfastBinary(t *testing.T) string {
 	t.Helper()
