@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 
 	"github.com/holdfast/holdfast/internal/agent"
+	"github.com/holdfast/holdfast/internal/bulk"
 	"github.com/holdfast/holdfast/internal/cdp"
 	"github.com/holdfast/holdfast/internal/pool"
 	"github.com/spf13/cobra"
@@ -39,8 +40,9 @@ The state directory must hold a cluster identity and configuration, made by
 'holdfast cluster init' (first node) or 'holdfast cluster join' (others).
 The agent serves its API on <state>/agent.sock, talks to peers over mTLS on
 --listen, and exposes /healthz and /metrics on the API. It runs the storage
-pool (peer shards) and the CDP volumes, whose NBD exports are served on
-<state>/nbd.sock and, with --nbd-listen, on TCP.`,
+pool (peer shards), the CDP volumes, whose NBD exports are served on
+<state>/nbd.sock and, with --nbd-listen, on TCP, and receives
+'holdfast cp' transfers into --transfer-root.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			a, err := agent.New(state, agent.Options{Logger: logger(), Listen: listen, Services: agentServices(svc)})
@@ -52,13 +54,15 @@ pool (peer shards) and the CDP volumes, whose NBD exports are served on
 	}
 	addStateFlag(cmd, &state)
 	cmd.Flags().StringVar(&listen, "listen", "", "address for peer connections (overrides the config's listen)")
+	cmd.Flags().StringVar(&svc.transferRoot, "transfer-root", "", "directory that `holdfast cp` to this agent writes under (default <state>/inbox)")
 	cmd.Flags().StringVar(&svc.nbdListen, "nbd-listen", "", "TCP address to serve volumes over NBD (the unix socket <state>/nbd.sock is always served)")
 	return cmd
 }
 
 // serviceOptions are the agent flags that configure its services.
 type serviceOptions struct {
-	nbdListen string
+	nbdListen    string
+	transferRoot string
 }
 
 // agentServices returns the feature services an agent runs.
@@ -66,5 +70,6 @@ func agentServices(o serviceOptions) []agent.Service {
 	return []agent.Service{
 		pool.NewService(pool.Options{}),
 		cdp.NewService(cdp.ServiceOptions{NBDListen: o.nbdListen}),
+		bulk.NewAgentService(o.transferRoot),
 	}
 }

@@ -340,7 +340,9 @@ func (a *Agent) liveSessions() []*wire.Session {
 	defer a.mu.Unlock()
 	var out []*wire.Session
 	for _, p := range a.peers {
-		if len(p.sessions) > 0 {
+		// Only agents say hello; a CLI client (holdfast cp, backup
+		// --server) has sessions but is not pinged.
+		if len(p.sessions) > 0 && p.advertise != "" {
 			out = append(out, p.sessions[0])
 		}
 	}
@@ -378,6 +380,9 @@ func (a *Agent) Peers() []PeerStatus {
 	defer a.mu.Unlock()
 	out := make([]PeerStatus, 0, len(a.peers))
 	for _, p := range a.peers {
+		if p.advertise == "" {
+			continue // a client, not an agent: it never said hello
+		}
 		ps := PeerStatus{
 			Name: p.name, Address: p.advertise, Connected: len(p.sessions) > 0,
 			Sessions: len(p.sessions), LastSeen: p.lastSeen, Versions: maps.Clone(p.versions),
