@@ -327,29 +327,36 @@ func (a *archiver) startProgress() func() {
 	if a.opts.Progress == nil {
 		return func() {}
 	}
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	report := func() {
+	return reportEvery(progressInterval, func() {
 		a.pw.statMu.Lock()
 		stored := a.pw.bytesStored
 		a.pw.statMu.Unlock()
 		a.opts.Progress(Progress{Files: a.filesDone.Load(), Bytes: a.bytesRead.Load(), Stored: stored})
-	}
+	})
+}
+
+// progressInterval is how often backup and restore report progress.
+const progressInterval = 250 * time.Millisecond
+
+// reportEvery calls report every interval until the returned stop function
+// is called, which reports once more and waits for the loop to end.
+func reportEvery(interval time.Duration, report func()) (stop func()) {
+	quit, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
-		t := time.NewTicker(250 * time.Millisecond)
+		t := time.NewTicker(interval)
 		defer t.Stop()
 		for {
 			select {
 			case <-t.C:
 				report()
-			case <-stop:
+			case <-quit:
 				report()
 				return
 			}
 		}
 	}()
-	return func() { close(stop); <-done }
+	return func() { close(quit); <-done }
 }
 
 func (a *archiver) excluded(path, name string) bool {

@@ -393,25 +393,9 @@ func (rs *restorer) startProgress() func() {
 	if rs.opts.Progress == nil {
 		return func() {}
 	}
-	stop, done := make(chan struct{}), make(chan struct{})
-	report := func() {
+	return reportEvery(progressInterval, func() {
 		rs.opts.Progress(Progress{Files: rs.nfiles.Load(), TotalFiles: int64(len(rs.files)), Bytes: rs.written.Load(), TotalBytes: rs.total})
-	}
-	go func() {
-		defer close(done)
-		t := time.NewTicker(250 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-t.C:
-				report()
-			case <-stop:
-				report()
-				return
-			}
-		}
-	}()
-	return func() { close(stop); <-done }
+	})
 }
 
 // fetch reads the needed blobs pack by pack and writes them out.
