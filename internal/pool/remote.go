@@ -49,13 +49,21 @@ func (s *Service) registerRepoAPI(api *http.ServeMux) {
 		}
 		return b, true
 	}
-	handle := func(w http.ResponseWriter, r *http.Request) (backend.Handle, bool) {
-		h := handleOf(peer.FileRef{Type: r.PathValue("type"), Name: r.PathValue("name")})
-		if err := h.Valid(); err != nil {
-			agent.WriteError(w, http.StatusBadRequest, err)
-			return h, false
-		}
-		return h, true
+	// file serves a route about one file of one repository: it resolves
+	// the repository's backend and the file's handle, or answers 400.
+	file := func(pattern string, fn func(w http.ResponseWriter, r *http.Request, b backend.Backend, h backend.Handle)) {
+		api.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+			b, ok := be(w, r)
+			if !ok {
+				return
+			}
+			h := handleOf(peer.FileRef{Type: r.PathValue("type"), Name: r.PathValue("name")})
+			if err := h.Valid(); err != nil {
+				agent.WriteError(w, http.StatusBadRequest, err)
+				return
+			}
+			fn(w, r, b, h)
+		})
 	}
 	api.HandleFunc("POST /v1/pool/repos/{repo}", func(w http.ResponseWriter, r *http.Request) {
 		b, ok := be(w, r)
@@ -68,15 +76,7 @@ func (s *Service) registerRepoAPI(api *http.ServeMux) {
 		}
 		agent.WriteJSON(w, http.StatusOK, map[string]string{"created": r.PathValue("repo")})
 	})
-	api.HandleFunc("PUT /v1/pool/repos/{repo}/files/{type}/{name}", func(w http.ResponseWriter, r *http.Request) {
-		b, ok := be(w, r)
-		if !ok {
-			return
-		}
-		h, ok := handle(w, r)
-		if !ok {
-			return
-		}
+	file("PUT /v1/pool/repos/{repo}/files/{type}/{name}", func(w http.ResponseWriter, r *http.Request, b backend.Backend, h backend.Handle) {
 		data, err := io.ReadAll(io.LimitReader(r.Body, MaxUploadSize+1))
 		if err != nil {
 			agent.WriteError(w, http.StatusBadRequest, fmt.Errorf("reading upload: %w", err))
@@ -92,15 +92,7 @@ func (s *Service) registerRepoAPI(api *http.ServeMux) {
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
-	api.HandleFunc("GET /v1/pool/repos/{repo}/files/{type}/{name}", func(w http.ResponseWriter, r *http.Request) {
-		b, ok := be(w, r)
-		if !ok {
-			return
-		}
-		h, ok := handle(w, r)
-		if !ok {
-			return
-		}
+	file("GET /v1/pool/repos/{repo}/files/{type}/{name}", func(w http.ResponseWriter, r *http.Request, b backend.Backend, h backend.Handle) {
 		off, _ := strconv.ParseInt(r.URL.Query().Get("offset"), 10, 64)
 		n, _ := strconv.ParseInt(r.URL.Query().Get("length"), 10, 64)
 		data, err := b.Load(r.Context(), h, off, n)
@@ -111,30 +103,14 @@ func (s *Service) registerRepoAPI(api *http.ServeMux) {
 		w.Header().Set("Content-Type", "application/octet-stream")
 		_, _ = w.Write(data)
 	})
-	api.HandleFunc("DELETE /v1/pool/repos/{repo}/files/{type}/{name}", func(w http.ResponseWriter, r *http.Request) {
-		b, ok := be(w, r)
-		if !ok {
-			return
-		}
-		h, ok := handle(w, r)
-		if !ok {
-			return
-		}
+	file("DELETE /v1/pool/repos/{repo}/files/{type}/{name}", func(w http.ResponseWriter, r *http.Request, b backend.Backend, h backend.Handle) {
 		if err := b.Remove(r.Context(), h); err != nil {
 			fail(w, err)
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
-	api.HandleFunc("GET /v1/pool/repos/{repo}/stat/{type}/{name}", func(w http.ResponseWriter, r *http.Request) {
-		b, ok := be(w, r)
-		if !ok {
-			return
-		}
-		h, ok := handle(w, r)
-		if !ok {
-			return
-		}
+	file("GET /v1/pool/repos/{repo}/stat/{type}/{name}", func(w http.ResponseWriter, r *http.Request, b backend.Backend, h backend.Handle) {
 		fi, err := b.Stat(r.Context(), h)
 		if err != nil {
 			fail(w, err)
