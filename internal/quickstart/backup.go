@@ -230,9 +230,6 @@ func containsBytes(dir string, needle []byte) (bool, error) {
 		if !d.Type().IsRegular() || found {
 			return nil
 		}
-		if d.Type()&fs.ModeSocket != 0 {
-			return nil
-		}
 		data, err := os.ReadFile(p)
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
