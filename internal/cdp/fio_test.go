@@ -18,10 +18,15 @@ func TestFioVerifyAndBlockStatus(t *testing.T) {
 	if _, err := s.m.Create(context.Background(), CreateOptions{Name: "v", Size: 32 << 20}); err != nil {
 		t.Fatal(err)
 	}
+	// fio leaves a verify state file (local-verify-0-verify.state) in its
+	// working directory: keep it out of the source tree.
+	work := t.TempDir()
 	for _, rw := range []string{"randwrite", "write"} {
-		out, err := exec.Command("fio", "--name=verify", "--ioengine=nbd", "--uri="+s.uri("v"),
+		cmd := exec.Command("fio", "--name=verify", "--ioengine=nbd", "--uri="+s.uri("v"),
 			"--rw="+rw, "--bs=4k", "--bssplit=4k/50:64k/30:1m/20", "--iodepth=16", "--size=16M",
-			"--verify=crc32c", "--do_verify=1", "--verify_fatal=1").CombinedOutput()
+			"--verify=crc32c", "--do_verify=1", "--verify_fatal=1")
+		cmd.Dir = work
+		out, err := cmd.CombinedOutput()
 		if err != nil || strings.Contains(string(out), "verify:") && strings.Contains(string(out), "bad") {
 			t.Fatalf("fio %s verify: %v\n%s", rw, err, out)
 		}
