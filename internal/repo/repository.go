@@ -184,7 +184,7 @@ func newRepository(be backend.Backend, mk *masterKey, cfg Config, log *slog.Logg
 	if level == 0 {
 		level = zstd.SpeedFastest // used only for metadata when compression is off
 	}
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithLowerEncoderMem(true), zstd.WithWindowSize(zstdWindow))
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithLowerEncoderMem(true), zstd.WithWindowSize(zstdWindow), zstd.WithEncoderCRC(false))
 	if err != nil {
 		return nil, err
 	}
