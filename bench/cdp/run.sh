@@ -11,7 +11,9 @@
 #         qemu-nbd serving a raw file. Medians of RUNS runs.
 # Part 2: storage overhead of the CDP log per GiB written.
 # Part 3: replication lag over a lab path (200 Mbit/s, 40 ms RTT; needs root
-#         for the namespaces) under a sustained write load below capacity.
+#         for the namespaces) under a sustained write load below capacity:
+#         two `holdfast agent` processes, one per lab host, the log shipped
+#         over their mTLS wire sessions.
 set -euo pipefail
 RUNS=${RUNS:-3}
 RUNTIME=${RUNTIME:-5}
@@ -23,9 +25,10 @@ PIDS=()
 cleanup() {
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
-	rm -rf "$W"
+	if [ "${KEEP:-0}" = 1 ]; then echo "kept $W" >&2; else rm -rf "$W"; fi
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 for t in fio qemu-img qemu-nbd python3; do command -v $t >/dev/null || { echo "missing $t" >&2; exit 1; }; done
 
 go build -o "$W/holdfast" "$ROOT/cmd/holdfast"
@@ -137,16 +140,24 @@ LABPID=$!
 PIDS+=($LABPID)
 for _ in $(seq 100); do ip netns list | grep -q "hflab-$LAB-h1" && break; sleep 0.1; done
 sleep 1
-mkdir -p "$W/a" "$W/b"
-ip netns exec hflab-$LAB-h1 "$H" volume serve --state "$W/b" --nbd-listen "" --remote-listen tcp:198.18.0.2:7700 --log-level warn 2>"$W/b.log" &
+# Two real agents, one per lab host: b holds the cluster CA, a joins it; a's
+# volumes ship their CDP log to b over the agents' mTLS wire sessions.
+"$H" cluster init --state "$W/b" --name b --listen 198.18.0.2:7440 >/dev/null
+ip netns exec hflab-$LAB-h1 "$H" agent --state "$W/b" --log-level warn 2>"$W/b.log" &
 PIDS+=($!)
-ip netns exec hflab-$LAB-h0 "$H" volume serve --state "$W/a" --nbd-listen "" --peer b=tcp:198.18.0.2:7700 --log-level warn 2>"$W/a.log" &
+for _ in $(seq 100); do [ -S "$W/b/agent.sock" ] && break; sleep 0.1; done
+TOKEN=$("$H" cluster token --state "$W/b")
+ip netns exec hflab-$LAB-h0 "$H" cluster join 198.18.0.2:7440 --token "$TOKEN" --state "$W/a" --name a --listen 198.18.0.1:7440 >/dev/null
+ip netns exec hflab-$LAB-h0 "$H" agent --state "$W/a" --log-level warn 2>"$W/a.log" &
 PIDS+=($!)
-for _ in $(seq 50); do [ -S "$W/a/agent.sock" ] && [ -S "$W/b/agent.sock" ] && break; sleep 0.1; done
+for _ in $(seq 100); do [ -S "$W/a/agent.sock" ] && [ -S "$W/a/nbd.sock" ] && break; sleep 0.1; done
+for _ in $(seq 100); do "$H" status --state "$W/a" --json | grep -q '"connected": *true' && break; sleep 0.1; done
 echo
 echo "replication lag over the lab path (200 Mbit/s, 40 ms RTT), async, ${LAGTIME}s of load"
 printf "%-42s %10s %10s %10s %14s %12s\n" "load" "p50 lag s" "p99 lag s" "max RPO s" "shipped/total" "emu late ms"
-for load in "64k seq writes at 8 MiB/s (67 Mbit/s):64k:8m" "64k seq writes at 16 MiB/s (134 Mbit/s):64k:16m" "4k rand writes at 2000 IOPS:4k:2000"; do
+LOADS=${LOADS:-"64k seq writes at 8 MiB/s (67 Mbit/s):64k:8m|64k seq writes at 16 MiB/s (134 Mbit/s):64k:16m|4k rand writes at 2000 IOPS:4k:2000"}
+IFS='|' read -r -a LOADLIST <<<"$LOADS"
+for load in "${LOADLIST[@]}"; do
 	IFS=: read -r label bs rate <<<"$load"
 	vol=lag$RANDOM
 	"$H" volume create $vol --size $SIZE --remote b --async --state "$W/a" >/dev/null

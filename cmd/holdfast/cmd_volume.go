@@ -309,17 +309,14 @@ func newVolumeFoldCommand(client func() *cdp.Client) *cobra.Command {
 func newVolumeServeCommand(o *volumeOptions) *cobra.Command {
 	var sc cdp.StandaloneConfig
 	var retention time.Duration
-	var peers []string
 	var segment string
-	var inFlight int
 	cmd := &cobra.Command{
 		Use:   "serve",
-		Short: "Run the volume service without the agent daemon (NBD server and volume API)",
+		Short: "Run the volume service without the agent daemon (NBD server and volume API; local volumes only)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			sc.Manager = cdp.DefaultConfig(o.state)
 			sc.Manager.Retention = retention
-			sc.Manager.ShipInFlight = inFlight
 			if segment != "" {
 				n, err := parseSize(segment)
 				if err != nil {
@@ -331,14 +328,6 @@ func newVolumeServeCommand(o *volumeOptions) *cobra.Command {
 				sc.NBDSocket = filepath.Join(o.state, "nbd.sock")
 			}
 			sc.APISocket = filepath.Join(o.state, "agent.sock")
-			sc.Peers = map[string]string{}
-			for _, p := range peers {
-				name, addr, ok := strings.Cut(p, "=")
-				if !ok {
-					return fmt.Errorf("--peer %q: want NAME=unix:/path or NAME=tcp:host:port", p)
-				}
-				sc.Peers[name] = addr
-			}
 			return cdp.RunStandalone(cmd.Context(), sc, logger())
 		},
 	}
@@ -346,8 +335,5 @@ func newVolumeServeCommand(o *volumeOptions) *cobra.Command {
 	cmd.Flags().StringVar(&sc.NBDSocket, "nbd-socket", "", "unix socket for NBD clients (default <state>/nbd.sock)")
 	cmd.Flags().DurationVar(&retention, "retention", 24*time.Hour, "how long every write stays restorable")
 	cmd.Flags().StringVar(&segment, "segment-size", "", "CDP log segment size (default 64M)")
-	cmd.Flags().IntVar(&inFlight, "ship-in-flight", 4, "shipments to a remote log on the way at once")
-	cmd.Flags().StringVar(&sc.RemoteListen, "remote-listen", "", "serve remote CDP logs to peers on unix:/path or tcp:host:port (stand-in for the agent wire)")
-	cmd.Flags().StringArrayVar(&peers, "peer", nil, "NAME=ADDR of a peer's --remote-listen (repeatable)")
 	return cmd
 }

@@ -165,7 +165,7 @@ func TestKill9NoAcknowledgedWriteLost(t *testing.T) {
 func TestRemoteUnreachableBacklogShipped(t *testing.T) {
 	ctx := context.Background()
 	siteB := startSite(t, testConfig(shortDir(t)), nil)
-	dial, fc := standInPeer(t, siteB.m, "b")
+	dial, fc := wirePeer(t, siteB.m, "b")
 	siteA := startSite(t, testConfig(shortDir(t)), dial)
 	if _, err := siteA.m.Create(ctx, CreateOptions{Name: "v", Size: 1 << 20, Remote: "b"}); err != nil {
 		t.Fatal(err)
@@ -226,7 +226,7 @@ func TestRemoteUnreachableBacklogShipped(t *testing.T) {
 func TestSyncModeAcknowledgesAfterRemote(t *testing.T) {
 	ctx := context.Background()
 	siteB := startSite(t, testConfig(shortDir(t)), nil)
-	dial, fc := standInPeer(t, siteB.m, "b")
+	dial, fc := wirePeer(t, siteB.m, "b")
 	cfg := testConfig(shortDir(t))
 	cfg.SyncTimeout = time.Second
 	siteA := startSite(t, cfg, dial)
@@ -332,9 +332,9 @@ func TestDiskFullENOSPC(t *testing.T) {
 }
 
 // TestShipmentsOvertakingEachOther ships over a transport that delays
-// every other call, so later shipments reach the remote first and are
-// refused there; the shipper must settle them and resend until the remote
-// log is complete and identical.
+// every other call, so later shipments reach the remote first: they wait
+// there for the ones before them (or are refused after replicaGapWait and
+// resent), until the remote log is complete and identical.
 func TestShipmentsOvertakingEachOther(t *testing.T) {
 	ctx := context.Background()
 	siteB := startSite(t, testConfig(shortDir(t)), nil)

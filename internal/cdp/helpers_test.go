@@ -3,6 +3,8 @@ package cdp
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,9 +13,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/holdfast/holdfast/internal/cluster"
+	"github.com/holdfast/holdfast/internal/wire"
 )
 
 type tWriter struct{ t *testing.T }
@@ -175,21 +181,60 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 	}
 }
 
-// standInPeer serves m's remote logs on a unix socket through the stand-in
-// transport and returns a Dialer that reaches it as agent name.
-func standInPeer(t *testing.T, m *Manager, name string) (Dialer, *flakyCaller) {
+// wirePeer serves m's remote logs to other agents over real mTLS wire
+// sessions on loopback TCP (the agents' transport: a cluster CA, a node
+// certificate for each side) and returns a Dialer that reaches it as agent
+// name, through a fault injector.
+func wirePeer(t *testing.T, m *Manager, name string) (Dialer, *flakyCaller) {
 	t.Helper()
-	sock := filepath.Join(shortDir(t), "peer.sock")
-	ln, err := net.Listen("unix", sock)
+	log := testLogger(t)
+	ca, err := cluster.Init(t.TempDir(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	cert, err := ca.CA.SignNode("site-a", pub, cluster.NodeCertOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	idA := &cluster.Identity{Name: "site-a", CA: &cluster.CA{Cert: ca.CA.Cert}, Cert: cert, Key: priv}
+	mux := &wire.Mux{}
+	m.RegisterWire(mux)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { ServeStandIn(ctx, ln, m.HandleRemote, testLogger(t)); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	fc := &flakyCaller{c: &StandInCaller{Network: "unix", Addr: sock}}
-	t.Cleanup(func() { fc.c.(*StandInCaller).Close() })
+	go func() {
+		(&wire.Listener{TLS: ca.ServerTLS(log), Cfg: &wire.Config{Node: name, Mux: mux, Logger: log}}).Serve(ctx, ln)
+		close(done)
+	}()
+	var mu sync.Mutex
+	var sess *wire.Session
+	session := func(ctx context.Context) (*wire.Session, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if sess != nil && sess.Err() == nil {
+			return sess, nil
+		}
+		s, err := wire.Dial(ctx, "tcp", ln.Addr().String(), idA.ClientTLS(log), &wire.Config{Node: "site-a", Logger: log}, nil)
+		if err != nil {
+			return nil, err
+		}
+		sess = s
+		return s, nil
+	}
+	t.Cleanup(func() {
+		mu.Lock()
+		if sess != nil {
+			sess.Close()
+		}
+		mu.Unlock()
+		cancel()
+		<-done
+	})
+	fc := &flakyCaller{c: SessionCaller{Session: session}}
 	return func(agent string) (Remote, error) {
 		if agent != name {
 			return nil, fmt.Errorf("unknown agent %q: %w", agent, ErrInvalid)

@@ -62,6 +62,12 @@ type Config struct {
 	ShipBatchBytes int
 	// ShipInFlight is how many shipments may be on the way at once.
 	ShipInFlight int
+	// ShipWindowBytes bounds the bytes of the shipments on the way at
+	// once. Records are sent as soon as they are logged while the window
+	// has room, so the lag is about one round trip plus the time the path
+	// takes to carry them; the window must exceed the path's
+	// bandwidth-delay product (200 Mbit/s × 40 ms is 1 MB).
+	ShipWindowBytes int
 	// NBD configures the NBD server.
 	NBD nbd.Config
 }
@@ -78,7 +84,8 @@ func DefaultConfig(dir string) Config {
 		CheckpointInterval: 5 * time.Second,
 		SegmentBytes:       cdplog.DefaultSegmentBytes,
 		ShipBatchBytes:     4 << 20,
-		ShipInFlight:       4,
+		ShipInFlight:       32,
+		ShipWindowBytes:    32 << 20,
 		NBD:                nbd.DefaultConfig(),
 	}
 }
@@ -100,6 +107,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("cdp: ShipBatchBytes %d out of range", c.ShipBatchBytes)
 	case c.ShipInFlight < 1 || c.ShipInFlight > 64:
 		return fmt.Errorf("cdp: ShipInFlight %d out of range 1..64", c.ShipInFlight)
+	case c.ShipWindowBytes < c.ShipBatchBytes:
+		return fmt.Errorf("cdp: ShipWindowBytes %d below ShipBatchBytes %d", c.ShipWindowBytes, c.ShipBatchBytes)
 	}
 	return c.NBD.Validate()
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/holdfast/holdfast/internal/cdp/cdplog"
 )
@@ -160,7 +161,7 @@ func (r callerRemote) Resolve(ctx context.Context, vol, at string) (Point, error
 func (m *Manager) HandleRemote(ctx context.Context, msgType uint16, payload []byte) ([]byte, error) {
 	switch msgType {
 	case MsgAppend:
-		return m.handleAppend(payload)
+		return m.handleAppend(ctx, payload)
 	case MsgFetch:
 		vol, rest, err := readName(payload)
 		if err != nil {
@@ -219,7 +220,7 @@ func (m *Manager) HandleRemote(ctx context.Context, msgType uint16, payload []by
 	return nil, fmt.Errorf("unknown CDP message type %#x: %w", msgType, ErrInvalid)
 }
 
-func (m *Manager) handleAppend(payload []byte) ([]byte, error) {
+func (m *Manager) handleAppend(ctx context.Context, payload []byte) ([]byte, error) {
 	if len(payload) > MaxAppendBytes {
 		return nil, fmt.Errorf("append of %d bytes exceeds %d: %w", len(payload), MaxAppendBytes, ErrInvalid)
 	}
@@ -252,18 +253,49 @@ func (m *Manager) handleAppend(payload []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	acked, err := rv.appendReplica(recs)
+	acked, err := rv.appendReplica(ctx, recs)
 	if err != nil {
 		return nil, err
 	}
 	return binary.BigEndian.AppendUint64(nil, acked), nil
 }
 
-// appendReplica stores records in a replica log: duplicates are skipped, a
-// gap stops the append; the reply tells the sender where to resume.
-func (v *Volume) appendReplica(recs []cdplog.Record) (uint64, error) {
-	v.wmu.Lock()
-	defer v.wmu.Unlock()
+// replicaGapWait is how long an append that starts after the end of a
+// replica log waits for the shipment before it: the wire serves requests
+// concurrently, so shipments sent in order may arrive out of order.
+const replicaGapWait = 2 * time.Second
+
+// appendReplica stores records in a replica log: duplicates are skipped; a
+// shipment that starts beyond the end of the log waits (up to
+// replicaGapWait) for the ones before it, and a gap that remains stops the
+// append. The records are durable when it returns (appends that arrive
+// together share one fsync); the reply tells the sender where to resume.
+func (v *Volume) appendReplica(ctx context.Context, recs []cdplog.Record) (uint64, error) {
+	if len(recs) == 0 {
+		return v.log.NextSeq() - 1, nil
+	}
+	var timeout <-chan time.Time
+	for {
+		v.wmu.Lock()
+		next := v.log.NextSeq()
+		if recs[0].Seq <= next {
+			break // v.wmu held
+		}
+		arrived := v.arrived
+		v.wmu.Unlock()
+		if timeout == nil {
+			t := time.NewTimer(replicaGapWait)
+			defer t.Stop()
+			timeout = t.C
+		}
+		select {
+		case <-arrived:
+		case <-timeout:
+			return next - 1, nil
+		case <-ctx.Done():
+			return next - 1, nil
+		}
+	}
 	next := v.log.NextSeq()
 	i := 0
 	for i < len(recs) && recs[i].Seq < next {
@@ -275,11 +307,33 @@ func (v *Volume) appendReplica(recs []cdplog.Record) (uint64, error) {
 	}
 	if j > i {
 		if err := v.log.AppendBatch(recs[i:j]); err != nil {
+			v.wmu.Unlock()
 			return 0, fmt.Errorf("storing replica records %d..%d: %w", recs[i].Seq, recs[j-1].Seq, err)
 		}
-		if err := v.log.Sync(); err != nil {
-			return 0, err
-		}
+		close(v.arrived)
+		v.arrived = make(chan struct{})
 	}
-	return v.log.NextSeq() - 1, nil
+	last := v.log.NextSeq() - 1
+	v.wmu.Unlock()
+	if err := v.syncReplica(last); err != nil {
+		return 0, err
+	}
+	return last, nil
+}
+
+// syncReplica makes the replica log durable up to seq at least. Appends
+// waiting here at once share one fsync: the first syncs everything written
+// so far, the others find their records already durable.
+func (v *Volume) syncReplica(seq uint64) error {
+	v.syncMu.Lock()
+	defer v.syncMu.Unlock()
+	if v.syncedSeq >= seq {
+		return nil
+	}
+	upTo := v.log.NextSeq() - 1
+	if err := v.log.Sync(); err != nil {
+		return err
+	}
+	v.syncedSeq = upTo
+	return nil
 }

@@ -22,14 +22,22 @@ func (v *Volume) shipLoop(ctx context.Context) {
 	}
 	type shipment struct {
 		first, last uint64
+		bytes       int
 		done        chan result
 	}
-	// Up to ShipInFlight shipments are on the way at once, so that a long
-	// round trip does not idle the path; they are settled in order.
+	// Records are sent as soon as they are logged, in shipments of what
+	// has accumulated, while fewer than ShipInFlight shipments and
+	// ShipWindowBytes are on the way: a long round trip neither idles the
+	// path nor holds records back behind the shipments already sent (with
+	// one shipment at a time, the throughput would be one batch per round
+	// trip and every record would wait for the previous answer). They are
+	// settled in order.
 	var queue []*shipment
-	send := func(recs []cdplog.Record) {
-		sh := &shipment{first: recs[0].Seq, last: recs[len(recs)-1].Seq, done: make(chan result, 1)}
+	inflight := 0 // bytes of the shipments in queue
+	send := func(recs []cdplog.Record, n int) {
+		sh := &shipment{first: recs[0].Seq, last: recs[len(recs)-1].Seq, bytes: n, done: make(chan result, 1)}
 		queue = append(queue, sh)
+		inflight += n
 		go func() {
 			cctx, cancel := context.WithTimeout(ctx, v.m.cfg.RemoteTimeout)
 			defer cancel()
@@ -47,6 +55,7 @@ func (v *Volume) shipLoop(ctx context.Context) {
 			}
 		}
 		queue = nil
+		inflight = 0
 		return hi
 	}
 	defer drain()
@@ -57,8 +66,8 @@ func (v *Volume) shipLoop(ctx context.Context) {
 		if next < v.log.FirstSeq() {
 			next = v.log.FirstSeq()
 		}
-		for len(queue) < v.m.cfg.ShipInFlight && next <= v.applied.Load() {
-			recs, err := v.log.Records(next, v.m.cfg.ShipBatchBytes)
+		for len(queue) < v.m.cfg.ShipInFlight && inflight < v.m.cfg.ShipWindowBytes && next <= v.applied.Load() {
+			recs, err := v.log.Records(next, min(v.m.cfg.ShipBatchBytes, v.m.cfg.ShipWindowBytes-inflight))
 			if err != nil {
 				v.setShipErr(err)
 				break
@@ -73,26 +82,32 @@ func (v *Volume) shipLoop(ctx context.Context) {
 			if len(recs) == 0 {
 				break
 			}
-			send(recs)
+			n := 0
+			for i := range recs {
+				n += cdplog.HeaderSize + len(recs[i].Data)
+			}
+			send(recs, n)
 			next = recs[len(recs)-1].Seq + 1
 		}
-		if len(queue) == 0 {
-			select {
-			case <-ctx.Done():
-				return
-			case <-v.kick:
-			case <-tick.C:
-			}
-			continue
+		// Wait for new records (sent at once while fewer than ShipInFlight
+		// shipments are on the way) or for the oldest shipment's answer.
+		var headDone chan result
+		if len(queue) > 0 {
+			headDone = queue[0].done
 		}
-		head := queue[0]
 		var r result
 		select {
 		case <-ctx.Done():
 			return
-		case r = <-head.done:
+		case <-v.kick:
+			continue
+		case <-tick.C:
+			continue
+		case r = <-headDone:
 		}
+		head := queue[0]
 		queue = queue[1:]
+		inflight -= head.bytes
 		if r.err != nil {
 			if ctx.Err() != nil {
 				return

@@ -126,7 +126,7 @@ func TestRestoreFromRemoteAfterLocalSiteLost(t *testing.T) {
 	needTools(t, "qemu-io", "qemu-img", "nbdcopy")
 	ctx := context.Background()
 	siteB := startSite(t, testConfig(shortDir(t)), nil)
-	dial, _ := standInPeer(t, siteB.m, "site-b")
+	dial, _ := wirePeer(t, siteB.m, "site-b")
 	dirA := shortDir(t)
 	siteA := startSite(t, testConfig(dirA), dial)
 	if _, err := siteA.m.Create(ctx, CreateOptions{Name: "db", Size: testVolSize, Remote: "site-b", Mode: ModeAsync}); err != nil {

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 )
 
@@ -22,39 +21,16 @@ type StandaloneConfig struct {
 	NBDSocket string
 	// APISocket is the unix socket of the volume API.
 	APISocket string
-	// RemoteListen ("unix:/path" or "tcp:host:port") serves this agent's
-	// remote CDP logs to peers over the stand-in transport ("" for none).
-	RemoteListen string
-	// Peers maps agent names to their RemoteListen address.
-	Peers map[string]string
 	// Ready, if set, is called once everything listens.
 	Ready func()
 }
 
 // RunStandalone runs a Manager with its NBD server and API until ctx ends:
-// `holdfast volume serve`, for use without the agent daemon.
+// `holdfast volume serve`, for use without the agent daemon. Its volumes
+// are local only: remote CDP logs need agents (`holdfast agent`), which
+// reach each other over their mTLS wire sessions.
 func RunStandalone(ctx context.Context, sc StandaloneConfig, logger *slog.Logger) error {
-	var mu sync.Mutex
-	callers := map[string]*StandInCaller{}
-	dial := func(agent string) (Remote, error) {
-		addr, ok := sc.Peers[agent]
-		if !ok {
-			return nil, fmt.Errorf("unknown agent %q (known: %d peers): %w", agent, len(sc.Peers), ErrInvalid)
-		}
-		network, a, err := splitAddr(addr)
-		if err != nil {
-			return nil, err
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		c, ok := callers[agent]
-		if !ok {
-			c = &StandInCaller{Network: network, Addr: a}
-			callers[agent] = c
-		}
-		return NewRemote(c), nil
-	}
-	m, err := New(ctx, sc.Manager, dial, logger)
+	m, err := New(ctx, sc.Manager, nil, logger)
 	if err != nil {
 		return err
 	}
@@ -104,19 +80,6 @@ func RunStandalone(ctx context.Context, sc StandaloneConfig, logger *slog.Logger
 		run(func() error { return m.ServeNBD(ctx, ln) })
 		logger.Info("serving NBD", "network", a[0], "addr", a[1])
 	}
-	if sc.RemoteListen != "" {
-		network, addr, err := splitAddr(sc.RemoteListen)
-		if err != nil {
-			return err
-		}
-		ln, err := listen(network, addr)
-		if err != nil {
-			return err
-		}
-		lns = append(lns, ln)
-		run(func() error { return ServeStandIn(ctx, ln, m.HandleRemote, logger) })
-		logger.Info("serving remote CDP logs (stand-in transport)", "addr", sc.RemoteListen)
-	}
 	ln, err := listen("unix", sc.APISocket)
 	if err != nil {
 		return err
@@ -136,21 +99,10 @@ func RunStandalone(ctx context.Context, sc StandaloneConfig, logger *slog.Logger
 	<-ctx.Done()
 	hs.Close()
 	wg.Wait()
-	for _, c := range callers {
-		c.Close()
-	}
 	select {
 	case err := <-errc:
 		return err
 	default:
 		return nil
 	}
-}
-
-func splitAddr(s string) (string, string, error) {
-	network, addr, ok := strings.Cut(s, ":")
-	if !ok || (network != "unix" && network != "tcp") || addr == "" {
-		return "", "", fmt.Errorf("address %q: want unix:/path or tcp:host:port: %w", s, ErrInvalid)
-	}
-	return network, addr, nil
 }

@@ -99,6 +99,12 @@ type Volume struct {
 	kick     chan struct{}
 	lagHist  *lagRecorder
 
+	// Replicas: arrived is closed and replaced when records are appended;
+	// syncedSeq is the last record fsynced (under syncMu).
+	arrived   chan struct{}
+	syncMu    sync.Mutex
+	syncedSeq uint64
+
 	filled atomic.Int64
 	bctx   context.Context // ends when the volume closes
 	cancel context.CancelFunc
@@ -158,6 +164,7 @@ func openVolume(ctx context.Context, m *Manager, dir string) (*Volume, error) {
 		allPresent: meta.Parent == nil && meta.RestoredFrom == nil,
 		asyncApply: meta.Parent == nil && meta.RestoredFrom == nil && !meta.NoCDP && !meta.Replica,
 		shipCh:     make(chan struct{}), kick: make(chan struct{}, 1), applyKick: make(chan struct{}, 1),
+		arrived:    make(chan struct{}),
 		lagHist: newLagRecorder(),
 	}
 	v.present = newBitmap(v.blocks)

@@ -3,16 +3,9 @@ package cdp
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"net"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
-
-	"github.com/holdfast/holdfast/internal/cluster"
-	"github.com/holdfast/holdfast/internal/wire"
 )
 
 // TestRemoteOverWire replicates a volume to a second Manager over real
@@ -20,55 +13,8 @@ import (
 // alone.
 func TestRemoteOverWire(t *testing.T) {
 	ctx := context.Background()
-	ca, err := cluster.Init(t.TempDir(), "site-b")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
-	cert, err := ca.CA.SignNode("site-a", pub, cluster.NodeCertOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	idA := &cluster.Identity{Name: "site-a", CA: &cluster.CA{Cert: ca.CA.Cert}, Cert: cert, Key: priv}
-	log := testLogger(t)
-
 	siteB := startSite(t, testConfig(shortDir(t)), nil)
-	mux := &wire.Mux{}
-	siteB.m.RegisterWire(mux)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	lctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		(&wire.Listener{TLS: ca.ServerTLS(log), Cfg: &wire.Config{Node: "site-b", Mux: mux, Logger: log}}).Serve(lctx, ln)
-		close(done)
-	}()
-	t.Cleanup(func() { cancel(); <-done })
-
-	var mu sync.Mutex
-	var sess *wire.Session
-	getSession := func(ctx context.Context) (*wire.Session, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		if sess != nil && sess.Err() == nil {
-			return sess, nil
-		}
-		cfg := &wire.Config{Node: "site-a", Logger: log}
-		s, err := wire.Dial(ctx, "tcp", ln.Addr().String(), idA.ClientTLS(log), cfg, nil)
-		if err != nil {
-			return nil, err
-		}
-		sess = s
-		return s, nil
-	}
-	t.Cleanup(func() {
-		if sess != nil {
-			sess.Close()
-		}
-	})
-	dial := func(agent string) (Remote, error) { return NewRemote(SessionCaller{Session: getSession}), nil }
+	dial, _ := wirePeer(t, siteB.m, "site-b")
 
 	siteA := startSite(t, testConfig(shortDir(t)), dial)
 	if _, err := siteA.m.Create(ctx, CreateOptions{Name: "v", Size: 2 << 20, Remote: "site-b", Mode: ModeSync}); err != nil {
