@@ -164,7 +164,7 @@ func openVolume(ctx context.Context, m *Manager, dir string) (*Volume, error) {
 		allPresent: meta.Parent == nil && meta.RestoredFrom == nil,
 		asyncApply: meta.Parent == nil && meta.RestoredFrom == nil && !meta.NoCDP && !meta.Replica,
 		shipCh:     make(chan struct{}), kick: make(chan struct{}, 1), applyKick: make(chan struct{}, 1),
-		arrived:    make(chan struct{}),
+		arrived: make(chan struct{}),
 		lagHist: newLagRecorder(),
 	}
 	v.present = newBitmap(v.blocks)
