@@ -109,6 +109,27 @@ func openRepo(ctx context.Context, f *repoFlags, noIndex bool) (*repo.Repository
 	return r, nil
 }
 
+// withRepo opens the repository named by f (with its index unless
+// noIndex), runs fn with it and the command's context, and closes it.
+func withRepo(cmd *cobra.Command, f *repoFlags, noIndex bool, fn func(ctx context.Context, r *repo.Repository) error) error {
+	r, err := openRepo(cmd.Context(), f, noIndex)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	return fn(cmd.Context(), r)
+}
+
+// emit prints v as JSON with --json, else calls text with the command's
+// standard output.
+func emit(cmd *cobra.Command, v any, text func(w io.Writer)) error {
+	if globals.json {
+		return printJSON(cmd.OutOrStdout(), v)
+	}
+	text(cmd.OutOrStdout())
+	return nil
+}
+
 // setMemoryLimit sets a soft memory limit for the Go runtime, unless
 // GOMEMLIMIT is set: the repository's working set is small (bounded
 // buffers plus the index), and without a limit the garbage collector lets
@@ -138,6 +159,27 @@ func newBar(desc string) (func(repo.Progress), func()) {
 			}
 			bar.Describe(fmt.Sprintf("%s %d files", desc, p.Files))
 			bar.Set64(p.Bytes)
+		}, func() {
+			bar.Finish()
+		}
+}
+
+// newCountBar returns a progress callback that counts Files of TotalFiles
+// (described by the phase, if any) and a function that ends the bar.
+func newCountBar(desc string) (func(repo.Progress), func()) {
+	if !showProgress() {
+		return nil, func() {}
+	}
+	bar := progressbar.NewOptions64(-1, progressbar.OptionSetWriter(os.Stderr), progressbar.OptionSetDescription(desc),
+		progressbar.OptionShowCount(), progressbar.OptionThrottle(200*time.Millisecond), progressbar.OptionClearOnFinish())
+	return func(p repo.Progress) {
+			if p.TotalFiles > 0 {
+				bar.ChangeMax64(p.TotalFiles)
+			}
+			if p.Phase != "" {
+				bar.Describe(desc + ": " + p.Phase)
+			}
+			bar.Set64(p.Files)
 		}, func() {
 			bar.Finish()
 		}
@@ -187,11 +229,9 @@ func newInitCommand() *cobra.Command {
 			}
 			defer r.Close()
 			cfg := r.Config()
-			if globals.json {
-				return printJSON(cmd.OutOrStdout(), map[string]any{"id": cfg.ID, "location": be.Location(), "config": cfg})
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "created repository %s at %s\n", cfg.ID[:10], be.Location())
-			return nil
+			return emit(cmd, map[string]any{"id": cfg.ID, "location": be.Location(), "config": cfg}, func(w io.Writer) {
+				fmt.Fprintf(w, "created repository %s at %s\n", cfg.ID[:10], be.Location())
+			})
 		},
 	}
 	f.add(cmd)
@@ -209,28 +249,25 @@ func newSnapshotsCommand() *cobra.Command {
 		Short: "List snapshots",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := openRepo(cmd.Context(), &f, true)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			snaps, err := r.Snapshots(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if globals.json {
-				if snaps == nil {
-					snaps = []*repo.Snapshot{}
+			return withRepo(cmd, &f, true, func(ctx context.Context, r *repo.Repository) error {
+				snaps, err := r.Snapshots(ctx)
+				if err != nil {
+					return err
 				}
-				return printJSON(cmd.OutOrStdout(), snaps)
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 2, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tTime\tHost\tTags\tPaths")
-			for _, s := range snaps {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04:05"), s.Hostname, strings.Join(s.Tags, ","), strings.Join(s.Paths, " "))
-			}
-			fmt.Fprintf(tw, "%d snapshots\n", len(snaps))
-			return tw.Flush()
+				if globals.json {
+					if snaps == nil {
+						snaps = []*repo.Snapshot{}
+					}
+					return printJSON(cmd.OutOrStdout(), snaps)
+				}
+				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 2, 2, ' ', 0)
+				fmt.Fprintln(tw, "ID\tTime\tHost\tTags\tPaths")
+				for _, s := range snaps {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04:05"), s.Hostname, strings.Join(s.Tags, ","), strings.Join(s.Paths, " "))
+				}
+				fmt.Fprintf(tw, "%d snapshots\n", len(snaps))
+				return tw.Flush()
+			})
 		},
 	}
 	f.add(cmd)
@@ -245,39 +282,36 @@ func newLsCommand() *cobra.Command {
 		Short: "List files in a snapshot",
 		Args:  cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := openRepo(cmd.Context(), &f, false)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			id, err := r.FindSnapshot(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			dir := ""
-			if len(args) == 2 {
-				dir = args[1]
-			}
-			ents, err := r.Ls(cmd.Context(), id, dir)
-			if err != nil {
-				return err
-			}
-			if globals.json {
-				return printJSON(cmd.OutOrStdout(), ents)
-			}
-			w := bufio.NewWriter(cmd.OutOrStdout())
-			for _, e := range ents {
-				if long {
-					fmt.Fprintf(w, "%-8s %04o %8s/%-8s %12d %s %s", e.Type, e.Mode, e.User, e.Group, e.Size, e.ModTime.Local().Format("2006-01-02 15:04:05"), e.Path)
-				} else {
-					fmt.Fprint(w, e.Path)
+			return withRepo(cmd, &f, false, func(ctx context.Context, r *repo.Repository) error {
+				id, err := r.FindSnapshot(ctx, args[0])
+				if err != nil {
+					return err
 				}
-				if e.Target != "" {
-					fmt.Fprintf(w, " -> %s", e.Target)
+				dir := ""
+				if len(args) == 2 {
+					dir = args[1]
 				}
-				fmt.Fprintln(w)
-			}
-			return w.Flush()
+				ents, err := r.Ls(ctx, id, dir)
+				if err != nil {
+					return err
+				}
+				if globals.json {
+					return printJSON(cmd.OutOrStdout(), ents)
+				}
+				w := bufio.NewWriter(cmd.OutOrStdout())
+				for _, e := range ents {
+					if long {
+						fmt.Fprintf(w, "%-8s %04o %8s/%-8s %12d %s %s", e.Type, e.Mode, e.User, e.Group, e.Size, e.ModTime.Local().Format("2006-01-02 15:04:05"), e.Path)
+					} else {
+						fmt.Fprint(w, e.Path)
+					}
+					if e.Target != "" {
+						fmt.Fprintf(w, " -> %s", e.Target)
+					}
+					fmt.Fprintln(w)
+				}
+				return w.Flush()
+			})
 		},
 	}
 	f.add(cmd)
@@ -292,33 +326,30 @@ func newDiffCommand() *cobra.Command {
 		Short: "Show what changed between two snapshots",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := openRepo(cmd.Context(), &f, false)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			a, err := r.FindSnapshot(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			b, err := r.FindSnapshot(cmd.Context(), args[1])
-			if err != nil {
-				return err
-			}
-			d, err := r.Diff(cmd.Context(), a, b)
-			if err != nil {
-				return err
-			}
-			if globals.json {
-				if d == nil {
-					d = []repo.DiffEntry{}
+			return withRepo(cmd, &f, false, func(ctx context.Context, r *repo.Repository) error {
+				a, err := r.FindSnapshot(ctx, args[0])
+				if err != nil {
+					return err
 				}
-				return printJSON(cmd.OutOrStdout(), d)
-			}
-			for _, e := range d {
-				fmt.Fprintf(cmd.OutOrStdout(), "%s  %s\n", e.Change, e.Path)
-			}
-			return nil
+				b, err := r.FindSnapshot(ctx, args[1])
+				if err != nil {
+					return err
+				}
+				d, err := r.Diff(ctx, a, b)
+				if err != nil {
+					return err
+				}
+				if globals.json {
+					if d == nil {
+						d = []repo.DiffEntry{}
+					}
+					return printJSON(cmd.OutOrStdout(), d)
+				}
+				for _, e := range d {
+					fmt.Fprintf(cmd.OutOrStdout(), "%s  %s\n", e.Change, e.Path)
+				}
+				return nil
+			})
 		},
 	}
 	f.add(cmd)
@@ -332,27 +363,24 @@ func newCatCommand() *cobra.Command {
 		Short: "Print a repository object (JSON, or raw bytes for a blob)",
 		Args:  cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := openRepo(cmd.Context(), &f, args[0] == "config" || args[0] == "snapshot" || args[0] == "key")
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			id := ""
-			if len(args) == 2 {
-				id = args[1]
-			}
-			b, err := r.Cat(cmd.Context(), args[0], id)
-			if err != nil {
-				return err
-			}
-			w := cmd.OutOrStdout()
-			if _, err := w.Write(b); err != nil {
-				return err
-			}
-			if args[0] != "blob" {
-				fmt.Fprintln(w)
-			}
-			return nil
+			return withRepo(cmd, &f, args[0] == "config" || args[0] == "snapshot" || args[0] == "key", func(ctx context.Context, r *repo.Repository) error {
+				id := ""
+				if len(args) == 2 {
+					id = args[1]
+				}
+				b, err := r.Cat(ctx, args[0], id)
+				if err != nil {
+					return err
+				}
+				w := cmd.OutOrStdout()
+				if _, err := w.Write(b); err != nil {
+					return err
+				}
+				if args[0] != "blob" {
+					fmt.Fprintln(w)
+				}
+				return nil
+			})
 		},
 	}
 	f.add(cmd)
@@ -366,27 +394,21 @@ func newStatsCommand() *cobra.Command {
 		Short: "Show repository size, deduplication and compression",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := openRepo(cmd.Context(), &f, false)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			st, err := r.Stats(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if globals.json {
-				return printJSON(cmd.OutOrStdout(), st)
-			}
-			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "snapshots:           %d\n", st.Snapshots)
-			fmt.Fprintf(w, "files (all snaps):   %d\n", st.Files)
-			fmt.Fprintf(w, "restore size:        %s\n", humanBytes(st.RestoreSize))
-			fmt.Fprintf(w, "unique data:         %s in %d data and %d tree blobs\n", humanBytes(st.RawBytes), st.DataBlobs, st.TreeBlobs)
-			fmt.Fprintf(w, "stored:              %s in %d packs\n", humanBytes(st.StoredBytes), st.Packs)
-			fmt.Fprintf(w, "deduplication:       %.2fx\n", st.Deduplicated)
-			fmt.Fprintf(w, "compression:         %.2fx\n", st.Compression)
-			return nil
+			return withRepo(cmd, &f, false, func(ctx context.Context, r *repo.Repository) error {
+				st, err := r.Stats(ctx)
+				if err != nil {
+					return err
+				}
+				return emit(cmd, st, func(w io.Writer) {
+					fmt.Fprintf(w, "snapshots:           %d\n", st.Snapshots)
+					fmt.Fprintf(w, "files (all snaps):   %d\n", st.Files)
+					fmt.Fprintf(w, "restore size:        %s\n", humanBytes(st.RestoreSize))
+					fmt.Fprintf(w, "unique data:         %s in %d data and %d tree blobs\n", humanBytes(st.RawBytes), st.DataBlobs, st.TreeBlobs)
+					fmt.Fprintf(w, "stored:              %s in %d packs\n", humanBytes(st.StoredBytes), st.Packs)
+					fmt.Fprintf(w, "deduplication:       %.2fx\n", st.Deduplicated)
+					fmt.Fprintf(w, "compression:         %.2fx\n", st.Compression)
+				})
+			})
 		},
 	}
 	f.add(cmd)
@@ -414,28 +436,25 @@ func newKeyCommand() *cobra.Command {
 		Short: "List keys",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := openRepo(cmd.Context(), &lf, true)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			keys, err := r.Keys(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if globals.json {
-				return printJSON(cmd.OutOrStdout(), keys)
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 2, 2, ' ', 0)
-			fmt.Fprintln(tw, " ID\tUser\tHost\tCreated")
-			for _, k := range keys {
-				mark := " "
-				if k.Current {
-					mark = "*"
+			return withRepo(cmd, &lf, true, func(ctx context.Context, r *repo.Repository) error {
+				keys, err := r.Keys(ctx)
+				if err != nil {
+					return err
 				}
-				fmt.Fprintf(tw, "%s%s\t%s\t%s\t%s\n", mark, k.ID[:8], k.Username, k.Hostname, k.Created.Local().Format("2006-01-02 15:04:05"))
-			}
-			return tw.Flush()
+				if globals.json {
+					return printJSON(cmd.OutOrStdout(), keys)
+				}
+				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 2, 2, ' ', 0)
+				fmt.Fprintln(tw, " ID\tUser\tHost\tCreated")
+				for _, k := range keys {
+					mark := " "
+					if k.Current {
+						mark = "*"
+					}
+					fmt.Fprintf(tw, "%s%s\t%s\t%s\t%s\n", mark, k.ID[:8], k.Username, k.Hostname, k.Created.Local().Format("2006-01-02 15:04:05"))
+				}
+				return tw.Flush()
+			})
 		},
 	}
 	lf.add(list)
@@ -446,28 +465,21 @@ func newKeyCommand() *cobra.Command {
 		Short: "Add a password (from --new-password-file, env HOLDFAST_NEW_PASSWORD or a prompt)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := openRepo(cmd.Context(), &af, true)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			np, err := readPassword(newPassFile, "HOLDFAST_NEW_PASSWORD", "enter the new password: ", true)
-			if err != nil {
-				return err
-			}
-			kdf := repo.DefaultKDFParams()
-			if kdfMem > 0 {
-				kdf.Memory = kdfMem
-			}
-			id, err := r.AddKey(cmd.Context(), np, kdf)
-			if err != nil {
-				return err
-			}
-			if globals.json {
-				return printJSON(cmd.OutOrStdout(), map[string]string{"id": id})
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "added key %s\n", id[:8])
-			return nil
+			return withRepo(cmd, &af, true, func(ctx context.Context, r *repo.Repository) error {
+				np, err := readPassword(newPassFile, "HOLDFAST_NEW_PASSWORD", "enter the new password: ", true)
+				if err != nil {
+					return err
+				}
+				kdf := repo.DefaultKDFParams()
+				if kdfMem > 0 {
+					kdf.Memory = kdfMem
+				}
+				id, err := r.AddKey(ctx, np, kdf)
+				if err != nil {
+					return err
+				}
+				return emit(cmd, map[string]string{"id": id}, func(w io.Writer) { fmt.Fprintf(w, "added key %s\n", id[:8]) })
+			})
 		},
 	}
 	af.add(add)
@@ -478,20 +490,13 @@ func newKeyCommand() *cobra.Command {
 		Short: "Remove a key (not the one in use)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := openRepo(cmd.Context(), &rf, true)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			id, err := r.RemoveKey(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			if globals.json {
-				return printJSON(cmd.OutOrStdout(), map[string]string{"removed": id})
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "removed key %s\n", id[:8])
-			return nil
+			return withRepo(cmd, &rf, true, func(ctx context.Context, r *repo.Repository) error {
+				id, err := r.RemoveKey(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				return emit(cmd, map[string]string{"removed": id}, func(w io.Writer) { fmt.Fprintf(w, "removed key %s\n", id[:8]) })
+			})
 		},
 	}
 	rf.add(remove)
@@ -507,28 +512,19 @@ func newUnlockCommand() *cobra.Command {
 		Short: "Remove stale locks (all locks with --remove-all)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := openRepo(cmd.Context(), &f, true)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			n, err := r.Unlock(cmd.Context(), all)
-			if err != nil {
-				return err
-			}
-			if globals.json {
-				return printJSON(cmd.OutOrStdout(), map[string]int{"removed": n})
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "removed %d locks\n", n)
-			return nil
+			return withRepo(cmd, &f, true, func(ctx context.Context, r *repo.Repository) error {
+				n, err := r.Unlock(ctx, all)
+				if err != nil {
+					return err
+				}
+				return emit(cmd, map[string]int{"removed": n}, func(w io.Writer) { fmt.Fprintf(w, "removed %d locks\n", n) })
+			})
 		},
 	}
 	f.add(cmd)
 	cmd.Flags().BoolVar(&all, "remove-all", false, "remove every lock, also live ones")
 	return cmd
 }
-
-var _ io.Writer = (*bufio.Writer)(nil)
 
 // startProfile writes a CPU profile to $HOLDFAST_CPUPROFILE, if set, until
 // the returned function is called (for benchmarking the repository).

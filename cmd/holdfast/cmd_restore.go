@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"io"
 
 	"github.com/holdfast/holdfast/internal/repo"
 	"github.com/spf13/cobra"
@@ -27,36 +29,31 @@ every other file is still restored.`,
 			if fp.enabled {
 				return restoreFromPeers(cmd, &fp, &f, args[0], target)
 			}
-			r, err := openRepo(cmd.Context(), &f, false)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			id, err := r.FindSnapshot(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			progress, done := newBar("restore")
-			opts.Progress = progress
-			stop := startProfile()
-			sum, err := r.Restore(cmd.Context(), id, target, opts)
-			stop()
-			done()
-			if sum == nil {
-				return repoError(err)
-			}
-			if globals.json {
-				if perr := printJSON(cmd.OutOrStdout(), sum); perr != nil {
-					return perr
+			return withRepo(cmd, &f, false, func(ctx context.Context, r *repo.Repository) error {
+				id, err := r.FindSnapshot(ctx, args[0])
+				if err != nil {
+					return err
 				}
-			} else {
+				progress, done := newBar("restore")
+				opts.Progress = progress
+				stop := startProfile()
+				sum, err := r.Restore(ctx, id, target, opts)
+				stop()
+				done()
+				if sum == nil {
+					return repoError(err)
+				}
 				for _, e := range sum.Errors {
 					fmt.Fprintf(cmd.ErrOrStderr(), "error: %s\n", e)
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "restored %d files, %d dirs, %s from snapshot %s to %s in %.2fs\n",
-					sum.Files, sum.Dirs, humanBytes(sum.Bytes), id.Short(), target, sum.Seconds)
-			}
-			return err
+				if perr := emit(cmd, sum, func(w io.Writer) {
+					fmt.Fprintf(w, "restored %d files, %d dirs, %s from snapshot %s to %s in %.2fs\n",
+						sum.Files, sum.Dirs, humanBytes(sum.Bytes), id.Short(), target, sum.Seconds)
+				}); perr != nil {
+					return perr
+				}
+				return err
+			})
 		},
 	}
 	f.add(cmd)

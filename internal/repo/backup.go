@@ -36,13 +36,15 @@ type BackupOptions struct {
 	Progress func(Progress)
 }
 
-// Progress reports a running backup or restore.
+// Progress reports a running backup, restore, check, forget or prune.
 type Progress struct {
-	Files      int64 `json:"files"`
-	Bytes      int64 `json:"bytes"`
-	TotalFiles int64 `json:"total_files,omitempty"`
-	TotalBytes int64 `json:"total_bytes,omitempty"`
-	Stored     int64 `json:"stored"`
+	// Phase names the current step of a command with several (prune).
+	Phase      string `json:"phase,omitempty"`
+	Files      int64  `json:"files"`
+	Bytes      int64  `json:"bytes"`
+	TotalFiles int64  `json:"total_files,omitempty"`
+	TotalBytes int64  `json:"total_bytes,omitempty"`
+	Stored     int64  `json:"stored"`
 }
 
 // Summary describes a finished backup.
@@ -151,19 +153,14 @@ func (r *Repository) Backup(ctx context.Context, paths []string, opts BackupOpti
 	if len(paths) == 0 {
 		return nil, nil, errors.New("backup: no paths given")
 	}
-	lock, err := r.Lock(ctx, false)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer lock.Unlock(context.WithoutCancel(ctx))
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	go func() {
-		if err := lock.KeepFresh(ctx); err != nil && ctx.Err() == nil {
-			cancel(err)
-		}
-	}()
-	return r.backup(ctx, paths, opts)
+	var sn *Snapshot
+	var sum *Summary
+	err := r.withLock(ctx, false, func(ctx context.Context) error {
+		var err error
+		sn, sum, err = r.backup(ctx, paths, opts)
+		return err
+	})
+	return sn, sum, err
 }
 
 func (r *Repository) backup(ctx context.Context, paths []string, opts BackupOptions) (*Snapshot, *Summary, error) {
@@ -188,6 +185,9 @@ func (r *Repository) backup(ctx context.Context, paths []string, opts BackupOpti
 		abs = append(abs, filepath.Clean(ap))
 	}
 	sort.Strings(abs)
+	if err := r.refuseOwnRepository(abs, opts); err != nil {
+		return nil, nil, err
+	}
 
 	sn := &Snapshot{Time: opts.Time.UTC(), Paths: abs, Hostname: opts.Hostname, Tags: opts.Tags, Excludes: opts.Excludes}
 	if u, err := user.Current(); err == nil {
@@ -302,6 +302,62 @@ func (r *Repository) backup(ctx context.Context, paths []string, opts BackupOpti
 		return sn, sum, fmt.Errorf("snapshot %s saved, %d entries skipped: %w", sn.ID.Short(), len(a.warnings), ErrPartial)
 	}
 	return sn, sum, nil
+}
+
+// ErrBackupContainsRepository is returned (wrapped) by Backup when a path
+// to back up holds the repository itself.
+var ErrBackupContainsRepository = errors.New("backup would include the repository itself")
+
+// refuseOwnRepository fails if the repository is a local directory lying
+// in (or at) one of paths and no exclude pattern leaves it out: such a
+// backup would read the packs it is writing.
+func (r *Repository) refuseOwnRepository(paths []string, opts BackupOptions) error {
+	d, ok := r.be.(interface{ Dir() string })
+	if !ok {
+		return nil
+	}
+	repoDir, err := filepath.Abs(d.Dir())
+	if err != nil {
+		return nil
+	}
+	if real, err := filepath.EvalSymlinks(repoDir); err == nil {
+		repoDir = real
+	}
+	a := &archiver{opts: opts}
+	for _, p := range paths {
+		rp := p
+		if real, err := filepath.EvalSymlinks(p); err == nil {
+			rp = real
+		}
+		rel, err := filepath.Rel(rp, repoDir)
+		if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+			continue
+		}
+		// Excluded if the repository or a directory between it and p
+		// matches an exclude pattern (as the walk would see them).
+		excluded := false
+		for q := repoDir; q != rp && len(q) > len(rp); q = filepath.Dir(q) {
+			if a.excluded(filepath.Join(p, mustRel(rp, q)), filepath.Base(q)) {
+				excluded = true
+				break
+			}
+		}
+		if !excluded {
+			if rel == "." {
+				return fmt.Errorf("backup: %q is the repository: %w", p, ErrBackupContainsRepository)
+			}
+			return fmt.Errorf("backup: %q holds the repository %q (exclude it with --exclude %q): %w", p, d.Dir(), filepath.Join(p, rel), ErrBackupContainsRepository)
+		}
+	}
+	return nil
+}
+
+func mustRel(base, target string) string {
+	rel, err := filepath.Rel(base, target)
+	if err != nil {
+		return target
+	}
+	return rel
 }
 
 // findParent returns the latest snapshot of host with the same paths.

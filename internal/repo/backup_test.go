@@ -2,9 +2,12 @@ package repo
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/holdfast/holdfast/internal/repo/backend"
 )
 
 func TestBackupRestoreRoundTrip(t *testing.T) {
@@ -57,4 +60,53 @@ func TestBackupRestoreRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	compareTrees(t, src, filepath.Join(target3, "src"))
+}
+
+// TestBackupRefusesOwnRepository backs up a directory that holds the
+// repository: refused (also through a symlink, and for the repository
+// itself) with nothing written, accepted once an exclude leaves it out.
+func TestBackupRefusesOwnRepository(t *testing.T) {
+	ctx := context.Background()
+	home := t.TempDir()
+	writeFile(t, filepath.Join(home, "docs", "a.txt"), []byte("a document\n"), 0o644)
+	be, err := backend.NewLocal(filepath.Join(home, "backups", "repo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Init(ctx, be, testPass, testInitOptions(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(t.TempDir(), "home-link")
+	if err := os.Symlink(home, link); err != nil {
+		t.Fatal(err)
+	}
+	for _, paths := range [][]string{{home}, {filepath.Join(home, "docs"), link}, {filepath.Join(home, "backups", "repo")}} {
+		sn, _, err := r.Backup(ctx, paths, BackupOptions{})
+		if !errors.Is(err, ErrBackupContainsRepository) || sn != nil {
+			t.Fatalf("backup of %v = %v, %v; want ErrBackupContainsRepository", paths, sn, err)
+		}
+	}
+	for _, typ := range []backend.FileType{backend.SnapshotFile, backend.PackFile, backend.IndexFile, backend.LockFile} {
+		if ids, err := r.listIDs(ctx, typ); err != nil || len(ids) != 0 {
+			t.Fatalf("refused backups left %v files: %v %v", typ, ids, err)
+		}
+	}
+	for _, ex := range []string{"backups", filepath.Join(home, "backups", "repo")} {
+		sn, sum, err := r.Backup(ctx, []string{home}, BackupOptions{Excludes: []string{ex}})
+		if err != nil {
+			t.Fatalf("backup excluding %q: %v", ex, err)
+		}
+		if sum.TotalFiles != 1 {
+			t.Fatalf("backup excluding %q saved %d files, want only docs/a.txt", ex, sum.TotalFiles)
+		}
+		target := t.TempDir()
+		if _, err := r.Restore(ctx, sn.ID, target, RestoreOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(filepath.Join(target, filepath.Base(home), "docs", "a.txt"))
+		if err != nil || string(b) != "a document\n" {
+			t.Fatalf("restored a.txt = %q, %v", b, err)
+		}
+	}
 }

@@ -50,8 +50,19 @@ type CheckResult struct {
 // every indexed pack exists with the recorded size, every snapshot's trees
 // load and every referenced blob is indexed. With ReadData it also reads
 // every pack and verifies every blob, naming damaged blobs and the files
-// they belong to.
+// they belong to. It holds a shared lock, so that prune cannot remove
+// packs while they are being checked.
 func (r *Repository) Check(ctx context.Context, opts CheckOptions) (*CheckResult, error) {
+	var res *CheckResult
+	err := r.withLock(ctx, false, func(ctx context.Context) error {
+		var err error
+		res, err = r.check(ctx, opts)
+		return err
+	})
+	return res, err
+}
+
+func (r *Repository) check(ctx context.Context, opts CheckOptions) (*CheckResult, error) {
 	res := &CheckResult{}
 	var mu sync.Mutex
 	addErr := func(format string, args ...any) {

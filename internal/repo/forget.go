@@ -86,58 +86,70 @@ func ApplyPolicy(snaps []*Snapshot, p ForgetPolicy) (keep, remove []*Snapshot) {
 	return keep, remove
 }
 
+// ForgetOptions configure forget.
+type ForgetOptions struct {
+	// DryRun only reports what would be removed.
+	DryRun bool
+	// Progress, if set, is called after each snapshot removed (Files of
+	// TotalFiles).
+	Progress func(Progress)
+}
+
 // Forget applies policy to every group and removes the snapshots it does
-// not keep (unless dryRun). It takes an exclusive lock.
-func (r *Repository) Forget(ctx context.Context, p ForgetPolicy, dryRun bool) ([]ForgetGroup, error) {
+// not keep (unless opts.DryRun). It takes an exclusive lock.
+func (r *Repository) Forget(ctx context.Context, p ForgetPolicy, opts ForgetOptions) ([]ForgetGroup, error) {
 	if p.Empty() {
 		return nil, fmt.Errorf("forget: empty policy would remove every snapshot")
 	}
-	lock, err := r.Lock(ctx, true)
-	if err != nil {
-		return nil, err
-	}
-	defer lock.Unlock(context.WithoutCancel(ctx))
-	snaps, err := r.Snapshots(ctx)
-	if err != nil {
-		return nil, err
-	}
-	groups := map[string]*ForgetGroup{}
-	var order []string
-	members := map[string][]*Snapshot{}
-	for _, sn := range snaps {
-		k := sn.Hostname + "\x00" + strings.Join(sn.Paths, "\x00")
-		if groups[k] == nil {
-			groups[k] = &ForgetGroup{Hostname: sn.Hostname, Paths: sn.Paths}
-			order = append(order, k)
-		}
-		members[k] = append(members[k], sn)
-	}
 	var out []ForgetGroup
-	for _, k := range order {
-		g := groups[k]
-		g.Keep, g.Remove = ApplyPolicy(members[k], p)
-		if !dryRun {
-			for _, sn := range g.Remove {
-				if err := r.be.Remove(ctx, backend.Handle{Type: backend.SnapshotFile, Name: sn.ID.String()}); err != nil {
-					return out, fmt.Errorf("forget: removing snapshot %s: %w", sn.ID.Short(), err)
-				}
-			}
+	err := r.withLock(ctx, true, func(ctx context.Context) error {
+		snaps, err := r.Snapshots(ctx)
+		if err != nil {
+			return err
 		}
-		out = append(out, *g)
-	}
-	return out, nil
+		groups := map[string]*ForgetGroup{}
+		var order []string
+		members := map[string][]*Snapshot{}
+		for _, sn := range snaps {
+			k := sn.Hostname + "\x00" + strings.Join(sn.Paths, "\x00")
+			if groups[k] == nil {
+				groups[k] = &ForgetGroup{Hostname: sn.Hostname, Paths: sn.Paths}
+				order = append(order, k)
+			}
+			members[k] = append(members[k], sn)
+		}
+		var remove []ID
+		for _, k := range order {
+			g := groups[k]
+			g.Keep, g.Remove = ApplyPolicy(members[k], p)
+			for _, sn := range g.Remove {
+				remove = append(remove, sn.ID)
+			}
+			out = append(out, *g)
+		}
+		return r.removeSnapshots(ctx, remove, opts)
+	})
+	return out, err
 }
 
-// ForgetSnapshots removes the given snapshots. It takes an exclusive lock.
-func (r *Repository) ForgetSnapshots(ctx context.Context, ids []ID) error {
-	lock, err := r.Lock(ctx, true)
-	if err != nil {
-		return err
+// ForgetSnapshots removes the given snapshots (unless opts.DryRun). It
+// takes an exclusive lock.
+func (r *Repository) ForgetSnapshots(ctx context.Context, ids []ID, opts ForgetOptions) error {
+	return r.withLock(ctx, true, func(ctx context.Context) error {
+		return r.removeSnapshots(ctx, ids, opts)
+	})
+}
+
+func (r *Repository) removeSnapshots(ctx context.Context, ids []ID, opts ForgetOptions) error {
+	if opts.DryRun {
+		return nil
 	}
-	defer lock.Unlock(context.WithoutCancel(ctx))
-	for _, id := range ids {
+	for i, id := range ids {
 		if err := r.be.Remove(ctx, backend.Handle{Type: backend.SnapshotFile, Name: id.String()}); err != nil {
 			return fmt.Errorf("forget: removing snapshot %s: %w", id.Short(), err)
+		}
+		if opts.Progress != nil {
+			opts.Progress(Progress{Phase: "removing snapshots", Files: int64(i + 1), TotalFiles: int64(len(ids))})
 		}
 	}
 	return nil

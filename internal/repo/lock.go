@@ -15,7 +15,8 @@ import (
 
 // Locking scheme. A lock is an encrypted file in locks/ naming its holder
 // (host, pid) and the time it was last refreshed. Backups take shared
-// locks; forget and prune take an exclusive lock. To take a lock a process
+// locks, and so does check (prune must not delete packs it is reading);
+// forget and prune take an exclusive lock. To take a lock a process
 // (1) lists the existing locks and fails if one conflicts, (2) writes its
 // own lock file, (3) lists again and, if a conflicting lock appeared in the
 // meantime, removes its own and fails. Two racing processes may thus both
@@ -190,6 +191,30 @@ func (l *Lock) KeepFresh(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// withLock runs fn holding a shared or exclusive lock, refreshed while fn
+// runs; if a refresh fails, fn's context is cancelled with that error.
+func (r *Repository) withLock(ctx context.Context, exclusive bool, fn func(ctx context.Context) error) error {
+	lock, err := r.Lock(ctx, exclusive)
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock(context.WithoutCancel(ctx))
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		if err := lock.KeepFresh(ctx); err != nil && ctx.Err() == nil {
+			cancel(err)
+		}
+	}()
+	if err := fn(ctx); err != nil {
+		if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil && !errors.Is(cause, context.Canceled) {
+			return errors.Join(err, cause)
+		}
+		return err
+	}
+	return nil
 }
 
 // Unlock removes the lock file.

@@ -65,20 +65,41 @@ func TestForgetPruneCheck(t *testing.T) {
 		}
 		ids = append(ids, sn.ID)
 	}
-	if _, err := r.Forget(ctx, ForgetPolicy{}, false); err == nil {
+	if _, err := r.Forget(ctx, ForgetPolicy{}, ForgetOptions{}); err == nil {
 		t.Fatal("empty policy accepted")
 	}
-	groups, err := r.Forget(ctx, ForgetPolicy{Last: 1}, false)
+	var forgetProg []Progress
+	groups, err := r.Forget(ctx, ForgetPolicy{Last: 1}, ForgetOptions{Progress: func(p Progress) { forgetProg = append(forgetProg, p) }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(groups) != 1 || len(groups[0].Remove) != 2 || groups[0].Keep[0].ID != ids[2] {
 		t.Fatalf("forget groups %+v", groups)
 	}
+	if n := len(forgetProg); n != 2 || forgetProg[n-1].Files != 2 || forgetProg[n-1].TotalFiles != 2 {
+		t.Fatalf("forget progress %+v, want 1/2 then 2/2", forgetProg)
+	}
 	before, _ := r.Stats(ctx)
-	res, err := r.Prune(ctx, PruneOptions{})
+	var pruneProg []Progress
+	res, err := r.Prune(ctx, PruneOptions{Progress: func(p Progress) { pruneProg = append(pruneProg, p) }})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Progress goes through the phases in order and ends with every file
+	// prune removed counted.
+	phases := map[string]int{"marking": 0, "repacking": 1, "deleting": 2}
+	last := -1
+	for _, p := range pruneProg {
+		ph, ok := phases[p.Phase]
+		if !ok || ph < last || p.Files > p.TotalFiles {
+			t.Fatalf("prune progress out of order or over its total: %+v", pruneProg)
+		}
+		last = ph
+	}
+	end := pruneProg[len(pruneProg)-1]
+	removed := int64(res.IndexFilesRemoved + res.PacksRepacked + res.PacksDeleted + res.PacksUnreferenced)
+	if pruneProg[0].Phase != "marking" || pruneProg[0].TotalFiles != 1 || end.Phase != "deleting" || end.Files != removed || end.TotalFiles != removed {
+		t.Fatalf("prune progress %+v, want marking of 1 snapshot first and deleting %d files last", pruneProg, removed)
 	}
 	if res.BytesAfter >= res.BytesBefore-3<<20 {
 		t.Fatalf("prune freed only %d bytes (%d -> %d), want the two old round.bin versions", res.BytesBefore-res.BytesAfter, res.BytesBefore, res.BytesAfter)
@@ -127,7 +148,7 @@ func TestPruneWaitsForConcurrentBackup(t *testing.T) {
 	if _, err := other.Prune(ctx, PruneOptions{}); !errors.Is(err, ErrLocked) {
 		t.Fatalf("prune during a backup = %v, want ErrLocked", err)
 	}
-	if _, err := other.Forget(ctx, ForgetPolicy{Last: 1}, false); !errors.Is(err, ErrLocked) {
+	if _, err := other.Forget(ctx, ForgetPolicy{Last: 1}, ForgetOptions{}); !errors.Is(err, ErrLocked) {
 		t.Fatalf("forget during a backup = %v, want ErrLocked", err)
 	}
 	close(release)
@@ -439,5 +460,56 @@ func TestCompressionSettings(t *testing.T) {
 	opts.Compression = "lz4"
 	if _, err := Init(ctx, be, testPass, opts); err == nil {
 		t.Fatal("unknown compression accepted")
+	}
+}
+
+// TestCheckTakesSharedLock holds a check in the middle of reading packs and
+// checks that prune is refused meanwhile while a backup proceeds (shared
+// locks), and that check itself is refused while an exclusive lock is held.
+func TestCheckTakesSharedLock(t *testing.T) {
+	ctx := context.Background()
+	r, dir := newTestRepo(t)
+	src := filepath.Join(t.TempDir(), "src")
+	makeTree(t, src, 12)
+	if _, _, err := r.Backup(ctx, []string{src}, BackupOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	reached, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	done := make(chan error)
+	go func() {
+		_, err := r.Check(ctx, CheckOptions{ReadData: true, Progress: func(Progress) {
+			once.Do(func() { close(reached); <-release })
+		}})
+		done <- err
+	}()
+	<-reached
+	other := reopen(t, dir)
+	if _, err := other.Prune(ctx, PruneOptions{}); !errors.Is(err, ErrLocked) {
+		t.Fatalf("prune during a check = %v, want ErrLocked", err)
+	}
+	writeFile(t, filepath.Join(src, "during-check.txt"), []byte("written while check runs\n"), 0o644)
+	if _, _, err := other.Backup(ctx, []string{src}, BackupOptions{}); err != nil {
+		t.Fatalf("backup during a check (both shared) = %v", err)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	locks, err := other.listIDs(ctx, backend.LockFile)
+	if err != nil || len(locks) != 0 {
+		t.Fatalf("locks left after check and backup: %v %v", locks, err)
+	}
+
+	excl, err := other.Lock(ctx, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err := r.Check(ctx, CheckOptions{}); !errors.Is(err, ErrLocked) || res != nil {
+		t.Fatalf("check under an exclusive lock = %+v, %v; want ErrLocked", res, err)
+	}
+	excl.Unlock(ctx)
+	if res, err := r.Check(ctx, CheckOptions{ReadData: true}); err != nil || res.Snapshots != 2 {
+		t.Fatalf("check after unlock = %+v, %v; want 2 snapshots, no errors", res, err)
 	}
 }

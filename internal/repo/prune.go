@@ -15,6 +15,11 @@ const indexPacksPerFile = 20000
 // PruneOptions configure a prune.
 type PruneOptions struct {
 	DryRun bool
+	// Progress, if set, is called as prune goes through its phases:
+	// "marking" (Files: snapshots read of TotalFiles), "repacking" (Files:
+	// packs copied of TotalFiles, Bytes of TotalBytes) and "deleting"
+	// (Files: index and pack files removed of TotalFiles).
+	Progress func(Progress)
 }
 
 // PruneResult describes what prune did (or would do).
@@ -36,11 +41,24 @@ type PruneResult struct {
 // valid if prune is interrupted at any point: new packs, then the new
 // index, then removal of old index files, then removal of old packs.
 func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (*PruneResult, error) {
-	lock, err := r.Lock(ctx, true)
+	var res *PruneResult
+	err := r.withLock(ctx, true, func(ctx context.Context) error {
+		var err error
+		res, err = r.prune(ctx, opts)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
-	defer lock.Unlock(context.WithoutCancel(ctx))
+	return res, nil
+}
+
+func (r *Repository) prune(ctx context.Context, opts PruneOptions) (*PruneResult, error) {
+	progress := func(p Progress) {
+		if opts.Progress != nil {
+			opts.Progress(p)
+		}
+	}
 	if err := r.LoadIndex(ctx); err != nil {
 		return nil, fmt.Errorf("prune: %w (run check)", err)
 	}
@@ -53,7 +71,7 @@ func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (*PruneResult
 	if err != nil {
 		return nil, err
 	}
-	for _, sid := range snaps {
+	for i, sid := range snaps {
 		sn, err := r.LoadSnapshot(ctx, sid)
 		if err != nil {
 			return nil, fmt.Errorf("prune: %w (nothing removed)", err)
@@ -61,6 +79,7 @@ func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (*PruneResult
 		if err := r.markUsed(ctx, sn.Tree, used); err != nil {
 			return nil, fmt.Errorf("prune: snapshot %s: %w (nothing removed)", sid.Short(), err)
 		}
+		progress(Progress{Phase: "marking", Files: int64(i + 1), TotalFiles: int64(len(snaps))})
 	}
 	res := &PruneResult{UsedBlobs: len(used)}
 	packs := r.idx.allPacks()
@@ -142,7 +161,11 @@ func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (*PruneResult
 			inKept[b.ID] = true
 		}
 	}
+	var repackBytes, repacked int64
 	for _, p := range repack {
+		repackBytes += p.Size
+	}
+	for i, p := range repack {
 		data, err := r.be.Load(ctx, backend.Handle{Type: backend.PackFile, Name: p.ID.String()}, 0, 0)
 		if err == nil && fileID(data) != p.ID {
 			err = errors.New("content does not match its name (damaged)")
@@ -166,6 +189,8 @@ func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (*PruneResult
 			}
 			copied[b.ID] = true
 		}
+		repacked += p.Size
+		progress(Progress{Phase: "repacking", Files: int64(i + 1), TotalFiles: int64(len(repack)), Bytes: repacked, TotalBytes: repackBytes})
 	}
 	if err := pw.finish(); err != nil {
 		return nil, fmt.Errorf("prune: %w (nothing removed)", err)
@@ -188,24 +213,32 @@ func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (*PruneResult
 		newIndex[id] = true
 	}
 	// 3. Remove the old index files, 4. then the packs they listed.
-	for _, id := range oldIndex {
-		if newIndex[id] {
-			continue
-		}
-		if err := r.be.Remove(ctx, backend.Handle{Type: backend.IndexFile, Name: id.String()}); err != nil {
-			return nil, fmt.Errorf("prune: removing index %s: %w", id.Short(), err)
-		}
-		res.IndexFilesRemoved++
-	}
 	var remove []string
 	for _, p := range append(repack, drop...) {
 		remove = append(remove, p.ID.String())
 	}
 	remove = append(remove, orphans...)
+	var oldIdx []ID
+	for _, id := range oldIndex {
+		if !newIndex[id] {
+			oldIdx = append(oldIdx, id)
+		}
+	}
+	total, removed := int64(len(oldIdx)+len(remove)), int64(0)
+	for _, id := range oldIdx {
+		if err := r.be.Remove(ctx, backend.Handle{Type: backend.IndexFile, Name: id.String()}); err != nil {
+			return nil, fmt.Errorf("prune: removing index %s: %w", id.Short(), err)
+		}
+		res.IndexFilesRemoved++
+		removed++
+		progress(Progress{Phase: "deleting", Files: removed, TotalFiles: total})
+	}
 	for _, name := range remove {
 		if err := r.be.Remove(ctx, backend.Handle{Type: backend.PackFile, Name: name}); err != nil && !errors.Is(err, backend.ErrNotExist) {
 			return nil, fmt.Errorf("prune: removing pack %s: %w", name, err)
 		}
+		removed++
+		progress(Progress{Phase: "deleting", Files: removed, TotalFiles: total})
 	}
 	if l, ok := r.be.(*backend.Local); ok {
 		l.RemoveTemporary()

@@ -49,7 +49,7 @@ func TestS3Repository(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r2.Forget(ctx, ForgetPolicy{Last: 1}, false); err != nil {
+	if _, err := r2.Forget(ctx, ForgetPolicy{Last: 1}, ForgetOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := r2.Prune(ctx, PruneOptions{}); err != nil {

@@ -365,8 +365,38 @@ func TestCLILockConflict(t *testing.T) {
 	if _, _, code := c.run("backup", src); code != 11 {
 		t.Fatalf("backup under an exclusive lock: exit %d, want 11", code)
 	}
+	// ... and check, which takes a shared lock.
+	if out, errOut, code := c.run("check"); code != 11 || !strings.Contains(errOut, "exclusive lock") || strings.Contains(out, "no errors found") {
+		t.Fatalf("check under an exclusive lock: exit %d (%s%s), want 11", code, out, errOut)
+	}
 	l.Unlock(context.Background())
 	c.ok("prune")
+	c.ok("check")
+}
+
+// TestCLIBackupOfOwnRepository backs up a directory holding the repository:
+// refused with a clear error, accepted with the repository excluded.
+func TestCLIBackupOfOwnRepository(t *testing.T) {
+	home := t.TempDir()
+	c := newCLI(t, filepath.Join(home, "repo"))
+	c.init()
+	randomFiles(t, filepath.Join(home, "docs"), 3, 1000, 5)
+	out, errOut, code := c.run("backup", home)
+	if code != 1 || !strings.Contains(errOut, "holds the repository") || !strings.Contains(errOut, "--exclude") {
+		t.Fatalf("backup of the repository's parent: exit %d, %q %q; want exit 1 naming the repository", code, out, errOut)
+	}
+	if snaps := c.ok("--json", "snapshots"); strings.TrimSpace(snaps) != "[]" {
+		t.Fatalf("refused backup left snapshots: %s", snaps)
+	}
+	c.ok("backup", home, "--exclude", filepath.Join(home, "repo"))
+	target := t.TempDir()
+	c.ok("restore", "latest", "--target", target)
+	if n := sameTree(t, filepath.Join(home, "docs"), filepath.Join(target, filepath.Base(home), "docs")); n != 3 {
+		t.Fatalf("restored %d files, want 3", n)
+	}
+	if _, err := os.Stat(filepath.Join(target, filepath.Base(home), "repo")); !os.IsNotExist(err) {
+		t.Fatalf("the excluded repository was restored: %v", err)
+	}
 }
 
 func TestCLIUnreadableFile(t *testing.T) {
