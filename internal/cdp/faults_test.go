@@ -44,22 +44,28 @@ var (
 	holdfastBin     string
 )
 
-// serverCommand returns the command that runs the volume server: the real
-// holdfast binary (`holdfast volume serve`), built once; if the command tree
-// does not build right now (other packages mid-change), this test binary
-// running the same RunStandalone, said so in the log.
-func serverCommand(t *testing.T, dir string) *exec.Cmd {
+// holdfastBinary returns the real holdfast binary, built once; "" if the
+// command tree does not build right now (other packages mid-change), said
+// so in the log.
+func holdfastBinary(t *testing.T) string {
 	holdfastBinOnce.Do(func() {
 		bin := filepath.Join(os.TempDir(), fmt.Sprintf("holdfast-cdp-test-%d", os.Getpid()))
 		out, err := exec.Command("go", "build", "-o", bin, "github.com/holdfast/holdfast/cmd/holdfast").CombinedOutput()
 		if err != nil {
-			t.Logf("building the holdfast binary failed, using the test binary as the server: %v\n%s", err, out)
+			t.Logf("building the holdfast binary failed: %v\n%s", err, out)
 			return
 		}
 		holdfastBin = bin
 	})
-	if holdfastBin != "" {
-		return exec.Command(holdfastBin, "volume", "serve", "--state", dir, "--nbd-listen", "")
+	return holdfastBin
+}
+
+// serverCommand returns the command that runs the volume server: the real
+// holdfast binary (`holdfast volume serve`); if it does not build, this
+// test binary running the same RunStandalone.
+func serverCommand(t *testing.T, dir string) *exec.Cmd {
+	if bin := holdfastBinary(t); bin != "" {
+		return exec.Command(bin, "volume", "serve", "--state", dir, "--nbd-listen", "")
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), "HOLDFAST_CDP_TEST_SERVE="+dir)

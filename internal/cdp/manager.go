@@ -68,6 +68,15 @@ type Config struct {
 	// takes to carry them; the window must exceed the path's
 	// bandwidth-delay product (200 Mbit/s × 40 ms is 1 MB).
 	ShipWindowBytes int
+	// BulkBacklogBytes is the backlog from which a volume whose remote is
+	// a BacklogShipper ships with the bulk transfer instead of calls.
+	BulkBacklogBytes int64
+	// BulkMaxBytes bounds one bulk transfer of a backlog.
+	BulkMaxBytes int64
+	// BacklogDir is where bulk transfers of other agents' backlogs land on
+	// this agent (the root of its bulk transfer service); empty refuses
+	// them (MsgIngest).
+	BacklogDir string
 	// NBD configures the NBD server.
 	NBD nbd.Config
 }
@@ -86,6 +95,8 @@ func DefaultConfig(dir string) Config {
 		ShipBatchBytes:     4 << 20,
 		ShipInFlight:       32,
 		ShipWindowBytes:    32 << 20,
+		BulkBacklogBytes:   64 << 20,
+		BulkMaxBytes:       1 << 30,
 		NBD:                nbd.DefaultConfig(),
 	}
 }
@@ -107,6 +118,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("cdp: ShipBatchBytes %d out of range", c.ShipBatchBytes)
 	case c.ShipInFlight < 1 || c.ShipInFlight > 64:
 		return fmt.Errorf("cdp: ShipInFlight %d out of range 1..64", c.ShipInFlight)
+	case c.BulkBacklogBytes < 1<<20 || c.BulkMaxBytes < c.BulkBacklogBytes:
+		return fmt.Errorf("cdp: BulkBacklogBytes %d must be at least 1 MiB and at most BulkMaxBytes %d", c.BulkBacklogBytes, c.BulkMaxBytes)
 	case c.ShipWindowBytes < c.ShipBatchBytes:
 		return fmt.Errorf("cdp: ShipWindowBytes %d below ShipBatchBytes %d", c.ShipWindowBytes, c.ShipBatchBytes)
 	}

@@ -6,6 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
 	"time"
 
 	"github.com/holdfast/holdfast/internal/cdp/cdplog"
@@ -47,10 +51,56 @@ const (
 	MsgFetch    uint16 = 0x0802
 	MsgTimeline uint16 = 0x0803
 	MsgResolve  uint16 = 0x0804
+	// MsgIngest asks the remote to take into its log a backlog of records
+	// that a bulk transfer put in its BacklogDir (see BacklogShipper).
+	MsgIngest uint16 = 0x0805
 )
 
 // MsgTypes lists the message types HandleRemote serves.
-var MsgTypes = []uint16{MsgAppend, MsgFetch, MsgTimeline, MsgResolve}
+var MsgTypes = []uint16{MsgAppend, MsgFetch, MsgTimeline, MsgResolve, MsgIngest}
+
+// BacklogShipper is implemented by a Remote that can move a large backlog
+// (after the remote was unreachable, or a new remote for a volume with
+// history) with the bulk transfer instead of request/response calls:
+// ShipBacklog copies the span's encoded records to the remote agent's
+// BacklogDir under BacklogFile(vol, first, last) and then has the remote
+// ingest them (MsgIngest), returning the last sequence number the remote
+// log holds durably. An error wrapping ErrUnreachable means the remote
+// agent could not be reached at all.
+type BacklogShipper interface {
+	ShipBacklog(ctx context.Context, vol string, size int64, sp *cdplog.Span) (uint64, error)
+}
+
+// ErrUnreachable reports that the remote agent could not be reached.
+var ErrUnreachable = errors.New("remote agent unreachable")
+
+// BacklogFile is where, relative to the remote agent's BacklogDir, a bulk
+// transfer puts the backlog of records first..last of vol.
+func BacklogFile(vol string, first, last uint64) string {
+	return path.Join("cdp-backlog", fmt.Sprintf("%s-%016x-%016x.log", vol, first, last))
+}
+
+type ingestReq struct {
+	Volume string `json:"volume"`
+	Size   int64  `json:"size"`
+	First  uint64 `json:"first"`
+	Last   uint64 `json:"last"`
+}
+
+// Ingest asks the remote behind c to take the backlog file of records
+// first..last of vol (already in its BacklogDir) into its log, and returns
+// the last sequence number its log holds durably.
+func Ingest(ctx context.Context, c Caller, vol string, size int64, first, last uint64) (uint64, error) {
+	b, _ := json.Marshal(ingestReq{Volume: vol, Size: size, First: first, Last: last})
+	resp, err := c.Call(ctx, MsgIngest, b)
+	if err != nil {
+		return 0, fmt.Errorf("remote ingest of %s %d..%d: %w", vol, first, last, err)
+	}
+	if len(resp) != 8 {
+		return 0, fmt.Errorf("remote ingest of %s: reply of %d bytes: %w", vol, len(resp), ErrInvalid)
+	}
+	return binary.BigEndian.Uint64(resp), nil
+}
 
 // Limits of the remote protocol.
 const (
@@ -199,6 +249,16 @@ func (m *Manager) HandleRemote(ctx context.Context, msgType uint16, payload []by
 			return nil, err
 		}
 		return json.Marshal(tl)
+	case MsgIngest:
+		var req ingestReq
+		if err := json.Unmarshal(payload, &req); err != nil {
+			return nil, fmt.Errorf("decoding ingest request: %w: %w", err, ErrInvalid)
+		}
+		acked, err := m.ingest(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		return binary.BigEndian.AppendUint64(nil, acked), nil
 	case MsgResolve:
 		var req resolveReq
 		if err := json.Unmarshal(payload, &req); err != nil {
@@ -240,8 +300,8 @@ func (m *Manager) handleAppend(ctx context.Context, payload []byte) ([]byte, err
 		if err != nil {
 			return nil, fmt.Errorf("append record %d of %d: %w", i, count, errors.Join(err, ErrInvalid))
 		}
-		if (r.Kind == cdplog.KindWrite || r.Kind == cdplog.KindZero) && int64(r.Offset+r.Length) > size {
-			return nil, fmt.Errorf("append record %d beyond the volume size %d: %w", r.Seq, size, ErrInvalid)
+		if err := checkShipped(r, size); err != nil {
+			return nil, err
 		}
 		recs = append(recs, r)
 		rest = rest[n:]
@@ -258,6 +318,94 @@ func (m *Manager) handleAppend(ctx context.Context, payload []byte) ([]byte, err
 		return nil, err
 	}
 	return binary.BigEndian.AppendUint64(nil, acked), nil
+}
+
+func checkShipped(r cdplog.Record, size int64) error {
+	if (r.Kind == cdplog.KindWrite || r.Kind == cdplog.KindZero) && (r.Offset+r.Length > uint64(size) || r.Offset+r.Length < r.Offset) {
+		return fmt.Errorf("shipped record %d beyond the volume size %d: %w", r.Seq, size, ErrInvalid)
+	}
+	return nil
+}
+
+// ingestBatchBytes bounds the records appended to a replica at once while
+// ingesting a backlog.
+const ingestBatchBytes = 8 << 20
+
+// ingest takes a backlog that a bulk transfer put in BacklogDir into the
+// replica log (duplicates skipped, as for Append) and removes the file.
+func (m *Manager) ingest(ctx context.Context, req ingestReq) (uint64, error) {
+	if m.cfg.BacklogDir == "" {
+		return 0, fmt.Errorf("this agent takes no bulk backlogs (no BacklogDir): %w", ErrInvalid)
+	}
+	if err := validName(req.Volume); err != nil {
+		return 0, err
+	}
+	if req.First == 0 || req.Last < req.First {
+		return 0, fmt.Errorf("ingest of records %d..%d: %w", req.First, req.Last, ErrInvalid)
+	}
+	file := filepath.Join(m.cfg.BacklogDir, filepath.FromSlash(BacklogFile(req.Volume, req.First, req.Last)))
+	f, err := os.Open(file)
+	if err != nil {
+		return 0, fmt.Errorf("opening backlog of %s: %w", req.Volume, err)
+	}
+	defer func() {
+		f.Close()
+		os.Remove(file)
+	}()
+	rv, err := m.replicaFor(req.Volume, req.Size)
+	if err != nil {
+		return 0, err
+	}
+	rd := cdplog.NewReader(f)
+	var batch []cdplog.Record
+	var acked uint64
+	n := 0
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		a, err := rv.appendReplica(ctx, batch)
+		if err != nil {
+			return err
+		}
+		acked = a
+		if acked < batch[len(batch)-1].Seq {
+			return fmt.Errorf("backlog of %s: the remote log ends at %d, before record %d: %w", req.Volume, acked, batch[0].Seq, ErrInvalid)
+		}
+		batch, n = batch[:0], 0
+		return nil
+	}
+	next := req.First
+	for {
+		r, err := rd.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return 0, fmt.Errorf("backlog of %s at record %d: %w", req.Volume, next, errors.Join(err, ErrInvalid))
+		}
+		if r.Seq != next || r.Seq > req.Last {
+			return 0, fmt.Errorf("backlog of %s: record %d where %d was expected: %w", req.Volume, r.Seq, next, ErrInvalid)
+		}
+		if err := checkShipped(r, req.Size); err != nil {
+			return 0, err
+		}
+		next++
+		batch = append(batch, r)
+		if n += len(r.Data); n >= ingestBatchBytes {
+			if err := flush(); err != nil {
+				return 0, err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return 0, err
+	}
+	if next != req.Last+1 {
+		return 0, fmt.Errorf("backlog of %s ends at record %d, not %d: %w", req.Volume, next-1, req.Last, ErrInvalid)
+	}
+	m.logger.Info("took a bulk backlog into the remote log", "volume", req.Volume, "first", req.First, "last", req.Last, "acked", acked)
+	return acked, nil
 }
 
 // replicaGapWait is how long an append that starts after the end of a

@@ -2,6 +2,8 @@ package cdp
 
 import (
 	"context"
+	"errors"
+	"fmt"
 
 	"github.com/holdfast/holdfast/internal/cdp/cdplog"
 	"sort"
@@ -62,9 +64,31 @@ func (v *Volume) shipLoop(ctx context.Context) {
 	v.shipMu.Lock()
 	next := v.shipped + 1
 	v.shipMu.Unlock()
+	bulk, _ := v.remote.(BacklogShipper)
+	var bulkRetry time.Time // bulk failed with the remote up: calls until then
 	for ctx.Err() == nil {
 		if next < v.log.FirstSeq() {
 			next = v.log.FirstSeq()
+		}
+		if bulk != nil && len(queue) == 0 && time.Now().After(bulkRetry) && next <= v.applied.Load() &&
+			v.log.BytesFrom(next) >= v.m.cfg.BulkBacklogBytes {
+			acked, err := v.shipBulk(ctx, bulk, next)
+			switch {
+			case err == nil:
+				backoff = 100 * time.Millisecond
+				v.settle(acked, next)
+				next = acked + 1
+			case ctx.Err() != nil:
+				return
+			case errors.Is(err, ErrUnreachable):
+				v.setShipErr(err)
+				sleepCtx(ctx, backoff)
+				backoff = min(2*backoff, 5*time.Second)
+			default:
+				v.logger.Warn("bulk transfer of the backlog failed; shipping it with calls", "remote", v.meta.Remote, "err", err)
+				bulkRetry = time.Now().Add(bulkRetryAfter)
+			}
+			continue
 		}
 		for len(queue) < v.m.cfg.ShipInFlight && inflight < v.m.cfg.ShipWindowBytes && next <= v.applied.Load() {
 			recs, err := v.log.Records(next, min(v.m.cfg.ShipBatchBytes, v.m.cfg.ShipWindowBytes-inflight))
@@ -141,6 +165,34 @@ func (v *Volume) shipLoop(ctx context.Context) {
 	}
 }
 
+// bulkRetryAfter is how long a volume ships with calls after a bulk
+// transfer failed while the remote was reachable.
+const bulkRetryAfter = time.Minute
+
+// shipBulk ships the backlog from seq next on (up to BulkMaxBytes) with the
+// bulk transfer and returns the last sequence number the remote holds.
+func (v *Volume) shipBulk(ctx context.Context, bulk BacklogShipper, next uint64) (uint64, error) {
+	sp, err := v.log.Span(next, v.applied.Load(), v.m.cfg.BulkMaxBytes)
+	if err != nil {
+		return 0, fmt.Errorf("reading the backlog: %w", err)
+	}
+	v.bulkActive.Store(true)
+	defer v.bulkActive.Store(false)
+	t0 := time.Now()
+	v.logger.Info("shipping the backlog with the bulk transfer", "remote", v.meta.Remote, "first", sp.First, "last", sp.Last, "bytes", sp.Size)
+	acked, err := bulk.ShipBacklog(ctx, v.meta.Name, v.size, sp)
+	if err != nil {
+		return 0, err
+	}
+	if acked < sp.First {
+		return 0, fmt.Errorf("the remote took none of the backlog %d..%d (it holds up to %d)", sp.First, sp.Last, acked)
+	}
+	v.bulkTransfers.Add(1)
+	v.bulkBytes.Add(sp.Size)
+	v.logger.Info("backlog shipped", "remote", v.meta.Remote, "acked", acked, "bytes", sp.Size, "seconds", time.Since(t0).Seconds())
+	return acked, nil
+}
+
 // settle records that the remote holds everything up to acked; first is
 // the oldest record of the shipment, whose age is the lag sampled.
 func (v *Volume) settle(acked, first uint64) {
@@ -187,13 +239,17 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 type ReplicationInfo struct {
 	Remote     string  `json:"remote"`
 	Mode       Mode    `json:"mode"`
-	State      string  `json:"state"` // ok, behind, unreachable, degraded
+	State      string  `json:"state"` // ok, behind, unreachable, degraded, catching-up (a bulk transfer of the backlog)
 	ShippedSeq uint64  `json:"shipped_seq"`
 	LagRecords uint64  `json:"lag_records"`
 	LagSeconds float64 `json:"lag_seconds"` // age of the oldest record the remote lacks (the RPO now)
 	P50Seconds float64 `json:"lag_p50_seconds"`
 	P99Seconds float64 `json:"lag_p99_seconds"` // write-to-remote-ack delay over the last samples
 	LastError  string  `json:"last_error,omitempty"`
+	// BulkTransfers and BulkBytes count the backlogs shipped with the
+	// bulk transfer since the volume was opened.
+	BulkTransfers int64 `json:"bulk_transfers"`
+	BulkBytes     int64 `json:"bulk_bytes"`
 }
 
 func (v *Volume) replicationInfo() *ReplicationInfo {
@@ -211,7 +267,10 @@ func (v *Volume) replicationInfo() *ReplicationInfo {
 			ri.LagSeconds = time.Since(m.Time).Seconds()
 		}
 	}
+	ri.BulkTransfers, ri.BulkBytes = v.bulkTransfers.Load(), v.bulkBytes.Load()
 	switch {
+	case v.bulkActive.Load():
+		ri.State = "catching-up"
 	case ri.LastError != "":
 		ri.State = "unreachable"
 	case degraded:

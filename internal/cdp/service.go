@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -11,6 +12,8 @@ import (
 	"sync"
 
 	"github.com/holdfast/holdfast/internal/agent"
+	"github.com/holdfast/holdfast/internal/bulk"
+	"github.com/holdfast/holdfast/internal/cdp/cdplog"
 	"github.com/holdfast/holdfast/internal/wire"
 )
 
@@ -23,6 +26,10 @@ type ServiceOptions struct {
 	// NBDListen is an optional TCP address for NBD clients; the unix
 	// socket <state>/nbd.sock is always served.
 	NBDListen string
+	// TransferRoot is the root of the agent's bulk transfer service
+	// (bulk.AgentService; default <state>/inbox): other agents' backlogs
+	// shipped with the bulk transfer land there.
+	TransferRoot string
 	// Config adjusts the Manager's configuration (nil: DefaultConfig).
 	Config func(*Config)
 }
@@ -34,6 +41,10 @@ type Service struct {
 	opts ServiceOptions
 	a    *agent.Agent
 	m    *Manager
+
+	bulkOnce sync.Once
+	bulk     *bulk.Client
+	bulkErr  error
 }
 
 // NewService returns the volume service for agent.Options.Services.
@@ -46,19 +57,25 @@ func (s *Service) Name() string { return "volumes" }
 // its API, wire handlers and metrics.
 func (s *Service) Register(a *agent.Agent, wm *wire.Mux, api *http.ServeMux) error {
 	cfg := DefaultConfig(a.StateDir())
+	cfg.BacklogDir = s.opts.TransferRoot
+	if cfg.BacklogDir == "" {
+		cfg.BacklogDir = filepath.Join(a.StateDir(), bulk.InboxDir)
+	}
 	if s.opts.Config != nil {
 		s.opts.Config(&cfg)
 	}
+	s.a = a
 	dial := func(peer string) (Remote, error) {
-		return NewRemote(SessionCaller{Session: func(ctx context.Context) (*wire.Session, error) {
+		c := SessionCaller{Session: func(ctx context.Context) (*wire.Session, error) {
 			return a.Session(ctx, peer)
-		}}), nil
+		}}
+		return agentRemote{Remote: NewRemote(c), c: c, s: s, peer: peer}, nil
 	}
 	m, err := New(context.Background(), cfg, dial, a.Logger().With("service", "volumes"))
 	if err != nil {
 		return fmt.Errorf("opening volumes: %w", err)
 	}
-	s.a, s.m = a, m
+	s.m = m
 	h := m.Handler()
 	api.Handle("/v1/volumes", h)
 	api.Handle("/v1/volumes/", h)
@@ -70,8 +87,62 @@ func (s *Service) Register(a *agent.Agent, wm *wire.Mux, api *http.ServeMux) err
 	return nil
 }
 
+// agentRemote is the remote CDP log on another agent: calls over the
+// agents' mTLS wire session, and large backlogs with the bulk transfer.
+type agentRemote struct {
+	Remote
+	c    SessionCaller
+	s    *Service
+	peer string
+}
+
+// ShipBacklog implements BacklogShipper: the span goes to the peer's bulk
+// transfer service over primed connections, then the peer ingests it.
+func (r agentRemote) ShipBacklog(ctx context.Context, vol string, size int64, sp *cdplog.Span) (uint64, error) {
+	sess, err := r.s.a.Session(ctx, r.peer)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %s: %w", ErrUnreachable, r.peer, err)
+	}
+	addr := ""
+	for _, p := range r.s.a.Peers() {
+		if p.Name == r.peer {
+			addr = p.Address
+		}
+	}
+	if addr == "" {
+		return 0, fmt.Errorf("no address known for agent %s", r.peer)
+	}
+	cl, err := r.s.bulkClient()
+	if err != nil {
+		return 0, err
+	}
+	rep, err := cl.SendStream(ctx, addr, BacklogFile(vol, sp.First, sp.Last), io.NewSectionReader(sp, 0, sp.Size), sp.Size, bulk.Options{})
+	if err != nil {
+		return 0, fmt.Errorf("bulk transfer of the backlog of %s to %s: %w", vol, r.peer, err)
+	}
+	r.s.m.logger.Info("backlog transferred", "volume", vol, "remote", r.peer, "bytes", rep.Bytes,
+		"seconds", rep.Seconds, "goodput_bits_per_sec", rep.Goodput, "streams", rep.MaxStreams)
+	return Ingest(ctx, SessionCaller{Session: func(context.Context) (*wire.Session, error) { return sess, nil }}, vol, size, sp.First, sp.Last)
+}
+
+// bulkClient returns the agent's bulk transfer client, made on first use.
+func (s *Service) bulkClient() (*bulk.Client, error) {
+	s.bulkOnce.Do(func() {
+		log := s.a.Logger().With("service", "volumes")
+		s.bulk, s.bulkErr = bulk.NewClient(bulk.ClientConfig{
+			TLS: s.a.Identity().ClientTLS(log), Node: s.a.Name(), Versions: s.a.Versions, Logger: log,
+		})
+	})
+	return s.bulk, s.bulkErr
+}
+
 // Run serves NBD until ctx ends, then closes the volumes.
 func (s *Service) Run(ctx context.Context) error {
+	defer func() {
+		if s.bulk != nil {
+			s.bulk.Close()
+		}
+	}()
 	defer s.m.Close()
 	sock := filepath.Join(s.a.StateDir(), NBDSocketFile)
 	_ = os.Remove(sock) // stale from a killed agent; the agent's db lock proves none runs

@@ -98,6 +98,10 @@ type Volume struct {
 	degraded bool
 	kick     chan struct{}
 	lagHist  *lagRecorder
+	// bulkActive is set while a backlog ships with the bulk transfer.
+	bulkActive    atomic.Bool
+	bulkTransfers atomic.Int64
+	bulkBytes     atomic.Int64
 
 	// Replicas: arrived is closed and replaced when records are appended;
 	// syncedSeq is the last record fsynced (under syncMu).
