@@ -61,13 +61,14 @@ type restoreFile struct {
 }
 
 // open opens the file for writing, creating it (at its final size, so
-// unwritten ranges stay holes) on first use.
+// unwritten ranges stay holes) on first use. whole says the caller is
+// about to write the whole file in one piece, which sets its size anyway.
 //
 // It uses raw descriptors: os.File's poller registration costs three
 // system calls per open, which matters when restoring many small files.
 // A file written by a single blob is created with its final permissions
 // (when the umask keeps them), so it needs no chmod afterwards.
-func (f *restoreFile) open(umask uint32) (fd int, finalMode bool, err error) {
+func (f *restoreFile) open(umask uint32, whole bool) (fd int, finalMode bool, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.created {
@@ -83,7 +84,7 @@ func (f *restoreFile) open(umask uint32) (fd int, finalMode bool, err error) {
 	if err != nil {
 		return -1, false, err
 	}
-	if f.node.Size > 0 {
+	if f.node.Size > 0 && !whole {
 		if err := unix.Ftruncate(fd, f.node.Size); err != nil {
 			unix.Close(fd)
 			return -1, false, err
@@ -212,7 +213,7 @@ func (r *Repository) Restore(ctx context.Context, snapID ID, target string, opts
 	}
 	for _, f := range rs.files {
 		if len(f.node.Content) == 0 {
-			fd, finalMode, err := f.open(rs.umask)
+			fd, finalMode, err := f.open(rs.umask, false)
 			if err != nil {
 				rs.fail("%s: %v", f.path, err)
 				continue
@@ -398,70 +399,89 @@ func (rs *restorer) startProgress() func() {
 	})
 }
 
-// fetch reads the needed blobs pack by pack and writes them out.
+// packRange is one read from a pack: blobs close together, fetched with
+// one request. Ranges, not whole packs, are the unit of work, so that a
+// few packs still keep every worker busy.
+type packRange struct {
+	pack       ID
+	start, end int64
+	blobs      []*packWant
+}
+
+// fetch reads the needed blobs range by range and writes them out.
 func (rs *restorer) fetch(ctx context.Context) {
 	ids := make(IDs, 0, len(rs.packs))
 	for id := range rs.packs {
 		ids = append(ids, id)
 	}
 	sort.Sort(ids)
-	work := make(chan ID)
+	work := make(chan packRange)
 	var wg sync.WaitGroup
 	for i := 0; i < 2*runtime.GOMAXPROCS(0); i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for id := range work {
-				rs.fetchPack(ctx, id, rs.packs[id])
+			for pr := range work {
+				rs.fetchRange(ctx, pr)
 			}
 		}()
 	}
 	for _, id := range ids {
-		if ctx.Err() != nil {
-			break
+		for _, pr := range packRanges(id, rs.packs[id]) {
+			if ctx.Err() != nil {
+				break
+			}
+			work <- pr
 		}
-		work <- id
 	}
 	close(work)
 	wg.Wait()
 }
 
-func (rs *restorer) fetchPack(ctx context.Context, pack ID, want map[ID]*packWant) {
+// packRanges groups the wanted blobs of a pack into reads: blobs less than
+// restoreGap apart share a read of at most restoreMaxRead bytes.
+func packRanges(pack ID, want map[ID]*packWant) []packRange {
 	list := make([]*packWant, 0, len(want))
 	for _, w := range want {
 		list = append(list, w)
 	}
 	sort.Slice(list, func(i, j int) bool { return list[i].loc.Offset < list[j].loc.Offset })
-	h := backend.Handle{Type: backend.PackFile, Name: pack.String()}
+	var out []packRange
 	for i := 0; i < len(list); {
 		j := i + 1
-		end := int64(list[i].loc.Offset) + int64(list[i].loc.Length)
+		start := int64(list[i].loc.Offset)
+		end := start + int64(list[i].loc.Length)
 		for j < len(list) && int64(list[j].loc.Offset)-end < restoreGap &&
-			int64(list[j].loc.Offset)+int64(list[j].loc.Length)-int64(list[i].loc.Offset) <= restoreMaxRead {
+			int64(list[j].loc.Offset)+int64(list[j].loc.Length)-start <= restoreMaxRead {
 			end = int64(list[j].loc.Offset) + int64(list[j].loc.Length)
 			j++
 		}
-		startOff := int64(list[i].loc.Offset)
-		buf, err := rs.r.be.Load(ctx, h, startOff, end-startOff)
-		for _, w := range list[i:j] {
-			if err != nil {
-				rs.blobFailed(w, err)
-				continue
-			}
-			o := int64(w.loc.Offset) - startOff
-			bp, plain, derr := rs.r.openBlob(buf[o:o+int64(w.loc.Length)], int(w.loc.RawLen))
-			if derr == nil && rs.r.blobID(plain) != w.loc.ID {
-				putBuf(bp)
-				derr = errors.New("content does not match its id")
-			}
-			if derr != nil {
-				rs.blobFailed(w, fmt.Errorf("blob %s in pack %s: %w", w.loc.ID.Short(), pack.Short(), derr))
-				continue
-			}
-			rs.writeBlob(w, plain)
-			putBuf(bp)
-		}
+		out = append(out, packRange{pack: pack, start: start, end: end, blobs: list[i:j]})
 		i = j
+	}
+	return out
+}
+
+func (rs *restorer) fetchRange(ctx context.Context, pr packRange) {
+	h := backend.Handle{Type: backend.PackFile, Name: pr.pack.String()}
+	buf, err := rs.r.be.Load(ctx, h, pr.start, pr.end-pr.start)
+	for _, w := range pr.blobs {
+		if err != nil {
+			rs.blobFailed(w, err)
+			continue
+		}
+		o := int64(w.loc.Offset) - pr.start
+		bp, plain, derr := rs.r.openBlob(buf[o:o+int64(w.loc.Length)], int(w.loc.RawLen))
+		if derr == nil && rs.r.blobID(plain) != w.loc.ID {
+			putBuf(bp)
+			derr = errors.New("content does not match its id")
+		}
+		if derr != nil {
+			rs.blobFailed(w, fmt.Errorf("blob %s in pack %s: %w", w.loc.ID.Short(), pr.pack.Short(), derr))
+			continue
+		}
+		rs.writeBlob(w, plain)
+		putBuf(bp)
 	}
 }
 
@@ -493,7 +513,8 @@ func (rs *restorer) writeBlob(w *packWant, plain []byte) {
 	for _, t := range w.targets {
 		// All-zero chunks are not written: they stay holes, so sparse
 		// files stay sparse.
-		fd, finalMode, err := t.file.open(rs.umask)
+		whole := !zero && t.offset == 0 && int64(len(plain)) == t.file.node.Size
+		fd, finalMode, err := t.file.open(rs.umask, whole)
 		if err == nil && !zero {
 			err = pwriteAll(fd, plain, t.offset)
 		}
