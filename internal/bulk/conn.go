@@ -20,7 +20,7 @@ import (
 // Priming limits.
 const (
 	// pingCount is how many pings measure a connection's RTT.
-	pingCount = 5
+	pingCount = 2
 	// primeMsgSize is the size of one priming message.
 	primeMsgSize = 64 << 10
 	// MaxPrimeBytes bounds the priming traffic of one connection.
@@ -206,24 +206,46 @@ func measureRTT(ctx context.Context, s *wire.Session) (time.Duration, error) {
 	return best, nil
 }
 
-// primeTraffic opens the congestion window of c towards target bytes: in
-// rounds of one RTT it sends twice the current window (so slow start can
-// double it) and waits for the peer to have read it (a ping behind it). It
-// stops when the window reaches the target, when slow start ends (a loss set
-// ssthresh), or after maxPrimeRounds. It returns the bytes sent.
+// primeTraffic opens the congestion window of c towards target bytes. In
+// rounds of one RTT it sends one window (all that slow start lets through,
+// and what it needs to double the window) and waits until the peer has read
+// it (a ping behind it). It stops when the window reaches the target, when
+// slow start ended (a loss set ssthresh), when the delivery rate stopped
+// growing (the path is full, as BBR's startup judges it), or after
+// maxPrimeRounds. It returns the bytes sent.
 func (c *conn) primeTraffic(ctx context.Context, target int64) (int64, error) {
 	buf := make([]byte, primeMsgSize)
 	var sent int64
+	var lastRate uint64
+	flat := 0
 	for round := 0; round < maxPrimeRounds && sent < MaxPrimeBytes; round++ {
 		info, err := tcpInfo(c.tcp)
 		if err != nil {
 			return sent, err
 		}
 		cw := cwndBytes(info)
-		if cw >= target || info.Snd_ssthresh < 1<<20 && round > 0 {
+		if cw >= target {
 			break
 		}
-		n := min(max(2*cw, primeMsgSize), MaxPrimeBytes-sent)
+		if round > 0 {
+			if info.Snd_ssthresh < 1<<20 {
+				break // out of slow start: more priming grows the window linearly
+			}
+			// The pipe is full when the window holds well over what the
+			// path delivers in an RTT: more would only queue.
+			if bdp := float64(info.Delivery_rate) * float64(info.Min_rtt) / 1e6; bdp > 0 && float64(cw) > 1.5*bdp {
+				break
+			}
+			if info.Delivery_rate < lastRate+lastRate/4 {
+				if flat++; flat >= 2 {
+					break
+				}
+			} else {
+				flat = 0
+			}
+			lastRate = max(lastRate, info.Delivery_rate)
+		}
+		n := min(max(cw, primeMsgSize), MaxPrimeBytes-sent)
 		for b := int64(0); b < n; b += primeMsgSize {
 			if err := c.sess.Send(ctx, MsgPrime, buf); err != nil {
 				return sent, fmt.Errorf("priming: %w", err)

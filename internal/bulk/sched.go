@@ -4,57 +4,128 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
+	"math"
 	"sort"
-	"sync/atomic"
 	"time"
 
 	"github.com/holdfast/holdfast/internal/pace"
 )
 
-// worker sends the blocks assigned to one connection, one message at a
-// time, each after the transfer's pacer grants it a slot.
+// The scheduler.
+//
+// A transfer runs as a sequence of sub-transfers (rounds of a few RTTs).
+// Each round the scheduler selects a subset of the connections and gives
+// each one an amount it may send in that round, from its measured rate.
+// Blocks are not handed out in advance: each connection's worker takes the
+// next block from the transfer's shared queue only when it is selected, has
+// amount left and has room in its window, so a connection that slows down
+// never sits on data the others could be sending. Between rounds the
+// scheduler measures each connection's acknowledged rate, leaves out one
+// that stalls or falls far behind (its unacknowledged blocks are sent again
+// on the others), adapts the number of connections to the aggregate goodput
+// (--streams auto) and re-estimates the pacing rate. When the queue runs
+// dry (the endgame), idle connections send a second copy of blocks that have
+// waited longest for their acknowledgement, so the slowest connection does
+// not set the finish time; the first acknowledgement wins.
+
+// connState is the scheduler's view of one connection.
+type connState struct {
+	c        *conn
+	pooled   bool
+	infl     map[uint64]inflight // sent, not yet acknowledged, by message id
+	unacked  int64               // bytes in infl
+	lastAck  time.Time
+	rep      ConnReport
+	dead     bool
+	selected bool    // in the current sub-transfer
+	quota    int64   // bytes it may still send in this sub-transfer
+	rate     float64 // acknowledged bytes per second (smoothed)
+	bench    int     // sub-transfers left to sit out
+	benched  int     // times it was left out
+	ackMark  int64   // rep.Bytes when the rate was last measured
+}
+
+// inflight is a block sent on a connection and not yet acknowledged there.
+type inflight struct {
+	ref   blockRef
+	size  int
+	at    time.Time
+	again bool // a copy was queued or sent on another connection
+}
+
+// worker sends blocks on st, one at a time, each after the transfer's pacer
+// grants it a slot.
 func (t *transfer) worker(st *connState) {
 	buf := make([]byte, blockHeaderSize+t.bs)
 	for {
-		select {
-		case <-st.wake:
-		case <-t.ctx.Done():
+		t.mu.Lock()
+		ref, ok := t.nextLocked(st)
+		for !ok {
+			if st.dead || t.ctx.Err() != nil {
+				t.mu.Unlock()
+				return
+			}
+			t.cond.Wait()
+			ref, ok = t.nextLocked(st)
+		}
+		st.quota -= int64(blockLen(ref.f.src.Size, t.bs, ref.idx))
+		t.mu.Unlock()
+		if err := t.sendBlock(st, ref, buf); err != nil {
+			t.connFailed(st, []blockRef{ref}, err)
 			return
 		}
-		for {
-			t.mu.Lock()
-			// The application window: at most a few RTTs' worth of this
-			// connection's measured rate unacknowledged, so that data does
-			// not pile up in a socket buffer where it can neither be paced
-			// nor re-sent elsewhere.
-			for !st.dead && t.ctx.Err() == nil && len(st.pending) > 0 && st.unacked() >= t.windowLocked(st) {
-				t.cond.Wait()
-			}
-			if len(st.pending) == 0 && st.selected && st.bench == 0 && !st.dead && len(t.queue) > 0 {
-				// Pull the next amount at once: the pipe stays full.
-				n := min(max(st.chunk, 1), len(t.queue))
-				st.pending = append(st.pending[:0], t.queue[:n]...)
-				t.queue = t.queue[n:]
-				t.mu.Unlock()
+	}
+}
+
+// nextLocked returns the next block st should send, if it may send one now.
+func (t *transfer) nextLocked(st *connState) (blockRef, bool) {
+	if st.dead || t.ctx.Err() != nil || t.fatal != nil || !st.selected || st.quota <= 0 || st.unacked >= t.windowLocked(st) {
+		return blockRef{}, false
+	}
+	for len(t.queue) > 0 {
+		ref := t.queue[0]
+		t.queue = t.queue[1:]
+		if !ref.f.acked[ref.idx] && !ref.f.failed {
+			return ref, true
+		}
+	}
+	return t.endgameLocked(st)
+}
+
+// endgameLocked picks, when nothing is queued, a block that has waited
+// longest for its acknowledgement on another connection, for st to send a
+// second copy of. Only blocks older than a few RTTs qualify, and each block
+// is copied at most once.
+func (t *transfer) endgameLocked(st *connState) (blockRef, bool) {
+	if !t.endgame || st.unacked > 0 {
+		return blockRef{}, false
+	}
+	minAge := max(3*t.rtt, 50*time.Millisecond)
+	now := time.Now()
+	var best *connState
+	var bestID uint64
+	var bestAt time.Time
+	for _, o := range t.conns {
+		if o == st {
+			continue
+		}
+		for id, in := range o.infl {
+			if in.again || in.ref.f.acked[in.ref.idx] || in.ref.f.failed || now.Sub(in.at) < minAge {
 				continue
 			}
-			if st.dead || len(st.pending) == 0 || t.ctx.Err() != nil {
-				st.busy = false
-				st.finish = time.Now()
-				t.cond.Broadcast()
-				t.mu.Unlock()
-				break
-			}
-			ref := st.pending[0]
-			st.pending = st.pending[1:]
-			t.mu.Unlock()
-			if err := t.sendBlock(st, ref, buf); err != nil {
-				t.connFailed(st, []blockRef{ref}, err)
-				return
+			if best == nil || in.at.Before(bestAt) {
+				best, bestID, bestAt = o, id, in.at
 			}
 		}
 	}
+	if best == nil {
+		return blockRef{}, false
+	}
+	in := best.infl[bestID]
+	in.again = true
+	best.infl[bestID] = in
+	t.resent++
+	return in.ref, true
 }
 
 // sendBlock sends one block on st. A source problem fails the file, not
@@ -76,7 +147,7 @@ func (t *transfer) sendBlock(st *connState, ref blockRef, buf []byte) error {
 		h.Sum = blockSum(buf[blockHeaderSize : blockHeaderSize+n])
 	}
 	t.mu.Lock()
-	if f.failed {
+	if f.failed || f.acked[i] {
 		t.mu.Unlock()
 		return nil
 	}
@@ -98,22 +169,21 @@ func (t *transfer) sendBlock(st *connState, ref blockRef, buf []byte) error {
 	h.put(buf)
 	t.mu.Lock()
 	st.infl[h.Msg] = inflight{ref: ref, size: n, at: now}
+	st.unacked += int64(n)
 	t.mu.Unlock()
 	if t.opts.Tracer != nil {
 		t.opts.Tracer.Sent(st.c.id, h.Msg, now, len(payload))
 	}
 	err := st.c.sess.Send(t.ctx, MsgBlock, payload)
-	t.mu.Lock()
-	st.sendDur += time.Since(now)
 	if err == nil {
-		st.sentR += int64(n)
+		t.mu.Lock()
 		if h.Flags&flagHole != 0 {
 			t.holes += int64(n)
 		} else {
 			t.sent += int64(n)
 		}
+		t.mu.Unlock()
 	}
-	t.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("sending block: %w", err)
 	}
@@ -134,11 +204,20 @@ func (t *transfer) fileFailed(f *sendFile, err error) {
 	t.errs = append(t.errs, fmt.Sprintf("%s: %v (partial data kept on the receiver; rerun with --resume)", f.src.local, err))
 	t.cl.log.Warn("file failed", "file", f.src.local, "err", err)
 	t.cond.Broadcast()
+	t.kick()
+}
+
+// kick wakes the scheduler before its next tick.
+func (t *transfer) kick() {
+	select {
+	case t.wake <- struct{}{}:
+	default:
+	}
 }
 
 // connFailed takes a connection out of the transfer and puts everything it
-// held (the block in hand, its unsent assignment, its unacknowledged
-// blocks) back at the head of the queue for the others.
+// held (the block in hand and its unacknowledged blocks) back at the head
+// of the queue for the others.
 func (t *transfer) connFailed(st *connState, held []blockRef, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -146,22 +225,21 @@ func (t *transfer) connFailed(st *connState, held []blockRef, err error) {
 		return
 	}
 	st.dead = true
-	st.busy = false
-	st.finish = time.Now()
+	st.selected = false
 	if t.ctx.Err() == nil {
 		st.rep.Failed = err.Error()
 		t.cl.log.Warn("connection lost; continuing on the others", "peer", t.peer, "conn", st.c.id, "err", err)
 	}
 	back := append([]blockRef(nil), held...)
-	back = append(back, st.pending...)
-	st.pending = nil
 	for _, in := range st.infl {
 		back = append(back, in.ref)
 	}
 	st.infl = map[uint64]inflight{}
+	st.unacked = 0
 	t.requeueLocked(back)
 	st.c.sess.Close()
 	t.cond.Broadcast()
+	t.kick()
 }
 
 // requeueLocked puts blocks not yet acknowledged back at the head of the
@@ -183,6 +261,23 @@ func (t *transfer) requeueLocked(refs []blockRef) {
 	t.queue = append(back, t.queue...)
 }
 
+// copyInflightLocked queues a second copy of every block st holds
+// unacknowledged (it stalled or was left out); the blocks stay in its
+// window, so a late acknowledgement still counts.
+func (t *transfer) copyInflightLocked(st *connState) int {
+	var back []blockRef
+	for id, in := range st.infl {
+		if in.again {
+			continue
+		}
+		in.again = true
+		st.infl[id] = in
+		back = append(back, in.ref)
+	}
+	t.requeueLocked(back)
+	return len(back)
+}
+
 func (t *transfer) fileByEntry(e uint32) *sendFile {
 	// Files are few compared with blocks; a binary search over entry
 	// indices (files are in entry order).
@@ -200,7 +295,10 @@ func (t *transfer) onAck(st *connState, a ack) {
 	}
 	now := time.Now()
 	t.mu.Lock()
-	delete(st.infl, a.Msg)
+	if in, ok := st.infl[a.Msg]; ok {
+		delete(st.infl, a.Msg)
+		st.unacked -= int64(in.size)
+	}
 	st.lastAck = now
 	t.lastAck = now
 	f := t.fileByEntry(a.File)
@@ -232,6 +330,7 @@ func (t *transfer) onAck(st *connState, a ack) {
 				t.fatal = fmt.Errorf("bulk: receiver %s: %w: %s", t.peer, ErrDestFull, a.Err)
 			}
 			t.cancel(t.fatal)
+			t.kick()
 		}
 	}
 	if t.recvLast.WriteNano != 0 && a.WriteNano-t.recvLast.WriteNano >= int64(50*time.Millisecond) {
@@ -279,6 +378,7 @@ func (t *transfer) committer() {
 		f.done = true
 		t.cond.Broadcast()
 		t.mu.Unlock()
+		t.kick()
 	}
 }
 
@@ -291,86 +391,164 @@ func (t *transfer) allDoneLocked() bool {
 	return true
 }
 
+// streamCtl is --streams auto. On a long path with random loss, each TCP
+// flow is held to a few Mbit/s by its own loss recovery while the path
+// has room: more flows add their rates. When the bottleneck is full,
+// another flow only takes a share from the others, and a queue builds,
+// which the connections see as smoothed RTT above their minimum RTT. So,
+// once per epoch (long enough to average a lossy path's noise), auto
+// grows the number of connections while there is no standing queue and
+// goodput did not fall, holds when a queue stands, and steps back when
+// the last growth brought nothing. Where RTT says nothing (loopback, a
+// shallow bottleneck queue), the goodput rule alone decides.
+type streamCtl struct {
+	k      int       // connections wanted
+	prevK  int       // before the last growth step
+	max    int       // most connections allowed
+	epoch  time.Time // start of the current measuring epoch
+	acked0 int64     // bytes acknowledged at its start
+	last   float64   // the previous epoch's goodput (bytes/s)
+	best   float64   // best epoch goodput
+	hold   int       // epochs to wait before trying to grow again
+	grew   bool      // the last step grew k
+	qs     []float64 // queueing samples of this epoch, one per sub-transfer
+}
+
+// epochQueue returns the median queueing sample of the epoch and starts a
+// new list: the median ignores the short-lived queue that new connections'
+// slow start builds.
+func (c *streamCtl) epochQueue() float64 {
+	if len(c.qs) == 0 {
+		return -1
+	}
+	sort.Float64s(c.qs)
+	q := c.qs[len(c.qs)/2]
+	c.qs = c.qs[:0]
+	return q
+}
+
+// epochLen is how long goodput is measured before a decision (the first
+// epoch is half as long: the first doubling is the one most likely to pay).
+func epochLen(rtt time.Duration) time.Duration { return max(time.Second, 10*rtt) }
+
+// Thresholds of streamCtl.
+const (
+	// holdEpochs: after a growth step that did not help, wait this many epochs.
+	holdEpochs = 2
+	// queueFree: below this queueing delay (a fraction of the minimum RTT)
+	// the path has room.
+	queueFree = 0.1
+	// queueFull: above it a queue stands at the bottleneck.
+	queueFull = 0.3
+)
+
+// step takes one epoch's goodput g (bytes/s) and queueing delay q (median
+// smoothed RTT over minimum RTT, minus one; negative when unknown) and
+// returns the number of connections wanted.
+func (c *streamCtl) step(g, q float64) int {
+	prevG := c.last
+	c.last = g
+	grew := c.grew
+	c.grew = false
+	if grew && g < prevG*(1+growMargin) && (q < 0 || q >= queueFree) {
+		// The last batch added nothing and a queue (or nothing) says why:
+		// go back to what we had, and wait before trying again.
+		c.k = max(c.prevK, 1)
+		c.hold = holdEpochs
+		return c.k
+	}
+	c.best = max(c.best, g)
+	if c.hold > 0 {
+		c.hold--
+		return c.k
+	}
+	room := q >= 0 && q < queueFree
+	better := g > prevG*(1+growMargin)
+	if c.k < c.max && (room && g >= 0.8*c.best || (q < 0 || q < queueFull) && better) {
+		c.prevK = c.k
+		if room || prevG == 0 || g >= 1.3*prevG {
+			c.k = min(2*c.k, c.max) // far from full: every flow adds its own rate
+		} else {
+			c.k = min(c.k+max(1, c.k/2), c.max)
+		}
+		c.grew = true
+	}
+	return c.k
+}
+
+// queueing returns the median over conns of smoothed RTT over minimum RTT,
+// minus one: the bottleneck queue's delay as a fraction of the path's RTT
+// (-1 when the path is too short for RTT to tell, under a millisecond).
+func queueing(conns []*connState) float64 {
+	var qs []float64
+	for _, st := range conns {
+		info, err := tcpInfo(st.c.tcp)
+		if err != nil || info.Min_rtt == 0 {
+			continue
+		}
+		if info.Min_rtt < 1000 {
+			return -1
+		}
+		qs = append(qs, float64(info.Rtt)/float64(info.Min_rtt)-1)
+	}
+	if len(qs) == 0 {
+		return -1
+	}
+	sort.Float64s(qs)
+	return qs[len(qs)/2]
+}
+
 // schedule runs the transfer as a sequence of sub-transfers until every
 // file is committed or failed.
 func (t *transfer) schedule(rep *Report) {
-	stopTick := make(chan struct{})
-	defer close(stopTick)
-	go func() {
-		tk := time.NewTicker(50 * time.Millisecond)
-		defer tk.Stop()
-		for {
-			select {
-			case <-stopTick:
-				return
-			case <-tk.C:
-				t.mu.Lock()
-				t.cond.Broadcast()
-				t.mu.Unlock()
-			}
-		}
-	}()
-	auto := t.opts.Streams == 0
+	auto := t.opts.Streams == 0 && !t.opts.Fair
 	t.mu.Lock()
-	k := len(t.conns)
 	rtt := t.rtt
+	ctl := streamCtl{k: len(t.conns), max: t.opts.MaxStreams}
+	if !auto {
+		ctl.k = max(t.opts.Streams, 1)
+	}
 	t.mu.Unlock()
 	roundTime := t.opts.RoundTime
 	if roundTime == 0 {
 		roundTime = max(MinRoundTime, 4*rtt)
 	}
 	stall := max(minStall, 8*rtt)
-	var bestG float64
-	var lastMeasure time.Time
-	hold := 0
-	grew := false
-	var adding atomic.Bool
+	tick := time.NewTicker(min(50*time.Millisecond, roundTime/2))
+	defer tick.Stop()
+	adding := false
+	added := make(chan []*conn, 1)
 	defer func() {
 		t.mu.Lock()
 		t.commitsClosed = true
 		t.mu.Unlock()
 	}()
+	var roundStart time.Time
 	for {
+		select {
+		case cs := <-added:
+			adding = false
+			for _, cn := range cs {
+				t.addConn(cn, false)
+			}
+			t.est.Probe()
+			t.mu.Lock()
+			ctl.epoch, ctl.acked0, ctl.qs = time.Now(), t.acked, ctl.qs[:0]
+			t.mu.Unlock()
+		case <-tick.C:
+		case <-t.wake:
+		}
 		t.mu.Lock()
 		if t.fatal != nil || t.ctx.Err() != nil || t.allDoneLocked() {
 			if t.fatal == nil && t.ctx.Err() != nil && !t.allDoneLocked() {
 				t.fatal = fmt.Errorf("bulk: transfer to %s: %w", t.peer, context.Cause(t.ctx))
 			}
+			t.cond.Broadcast()
 			t.mu.Unlock()
 			return
 		}
 		now := time.Now()
-		var live []*connState
-		for _, st := range t.conns {
-			if st.dead || !st.c.alive() {
-				if !st.dead {
-					t.mu.Unlock()
-					t.connFailed(st, nil, errors.New("session closed"))
-					t.mu.Lock()
-				}
-				continue
-			}
-			live = append(live, st)
-			// A connection that carries unacknowledged blocks but has
-			// heard nothing for a long time is stalled: its blocks go to
-			// the others and it sits out.
-			limit := stall
-			if st.rate > 0 {
-				// Time to drain what it holds at its own measured rate.
-				limit = max(limit, time.Duration(4*float64(st.unacked())/st.rate*float64(time.Second)))
-			}
-			if len(st.infl) > 0 && now.Sub(st.lastAck) > limit && now.Sub(t.lastAck) < stall/2 {
-				var back []blockRef
-				for _, in := range st.infl {
-					back = append(back, in.ref)
-				}
-				st.infl = map[uint64]inflight{}
-				t.requeueLocked(back)
-				st.bench = benchRounds
-				st.benched++
-				t.cl.log.Warn("connection stalled; re-sending its blocks elsewhere", "conn", st.c.id, "blocks", len(back))
-			}
-		}
+		live := t.liveLocked(now, stall)
 		if len(live) == 0 {
 			t.mu.Unlock()
 			cs, err := t.cl.acquire(t.ctx, t.peer, 1)
@@ -381,261 +559,198 @@ func (t *transfer) schedule(rep *Report) {
 				return
 			}
 			t.addConn(cs[0], false)
+			roundStart = time.Time{}
 			continue
 		}
-		if len(t.queue) == 0 {
-			// Endgame: keep measuring, so that a slow connection holding
-			// the last blocks is found and its blocks sent elsewhere.
-			if now.Sub(lastMeasure) >= roundTime/2 {
-				t.measureLocked(nil, now, max(2*rtt, 20*time.Millisecond))
-				lastMeasure = now
-			}
-		}
-		if len(t.queue) == 0 && !t.resendBenchedLocked() {
-			t.cond.Wait()
+		t.endgame = len(t.queue) == 0
+		if !roundStart.IsZero() && now.Sub(roundStart) < roundTime {
+			t.cond.Broadcast() // wake workers waiting on time (endgame ages)
 			t.mu.Unlock()
 			continue
 		}
-		// Choose the subset. Connections already in it keep working (each
-		// pulls its next amount from the queue as soon as it has sent the
-		// last, so no connection idles at a sub-transfer boundary); one
-		// that sits out is taken out, and idle ones join, fastest first,
-		// up to k.
-		var active, cand, benched []*connState
-		for _, st := range live {
-			if st.bench > 0 {
-				st.bench--
-				st.rep.LeftOut++
-				if st.selected {
-					st.selected = false
-					t.requeueLocked(st.pending)
-					st.pending = nil
-				}
-				if !st.busy {
-					benched = append(benched, st)
-				}
-				continue
-			}
-			if st.selected {
-				active = append(active, st)
-			} else if !st.busy {
-				cand = append(cand, st)
-			}
+		// A new sub-transfer.
+		if !roundStart.IsZero() {
+			t.measureLocked(live, now.Sub(roundStart))
 		}
-		if len(active) == 0 && len(cand) == 0 {
-			if len(benched) == 0 {
-				t.cond.Wait() // everyone is busy finishing a send
-				t.mu.Unlock()
-				continue
-			}
-			cand = benched // nobody else: probe those sitting out
-		}
-		sort.SliceStable(cand, func(a, b int) bool { return cand[a].rate > cand[b].rate })
-		if need := k - len(active); len(cand) > need {
-			cand = cand[:max(need, 0)]
-		}
-		if len(active) > k {
-			// Shrinking: the slowest active ones stop after their amount.
-			sort.SliceStable(active, func(a, b int) bool { return active[a].rate > active[b].rate })
-			for _, st := range active[k:] {
-				st.selected = false
-			}
-			active = active[:k]
-		}
-		sub := append(active, cand...)
-		bw := t.est.Bandwidth()
-		for _, st := range sub {
-			amount := st.rate * roundTime.Seconds()
-			if amount == 0 {
-				amount = bw * roundTime.Seconds() / float64(len(sub))
-			}
-			if st.rate == 0 && bw == 0 {
-				// Nothing measured yet: a few blocks, so a slow
-				// connection cannot take a large share before it is
-				// seen to be slow.
-				amount = float64(4 * t.bs)
-			}
-			st.chunk = min(max(2, int(amount)/t.bs), 256)
-			st.rep.Rounds++
-			st.selected = true
-			if st.lastLook.IsZero() {
-				st.lastLook = time.Now() // its rate is measured from here
-			}
-			if st.busy || len(t.queue) == 0 {
-				continue // it pulls its next amount itself
-			}
-			blocks := min(st.chunk, len(t.queue))
-			st.pending = append(st.pending[:0], t.queue[:blocks]...)
-			t.queue = t.queue[blocks:]
-			st.busy = true
-			st.sentR, st.sendDur = 0, 0
-			select {
-			case st.wake <- struct{}{}:
-			default:
-			}
-		}
-		start := time.Now()
-		ackedStart := t.acked
-		// The sub-transfer lasts roundTime, or until the queue is empty
-		// and every connection has sent what it took.
-		for t.fatal == nil && t.ctx.Err() == nil && time.Since(start) < roundTime {
-			idle := true
-			for _, st := range sub {
-				if st.busy {
-					idle = false
-				}
-			}
-			if idle && len(t.queue) == 0 {
-				break
-			}
-			t.cond.Wait()
-		}
-		end := time.Now()
-		t.measureLocked(sub, end, max(2*rtt, 20*time.Millisecond))
-		lastMeasure = end
-		elapsed := end.Sub(start)
-		g := float64(t.acked-ackedStart) / elapsed.Seconds()
+		roundStart = now
 		rep.Rounds++
+		sub := t.selectLocked(live, ctl.k, roundTime)
 		rep.MaxStreams = max(rep.MaxStreams, len(sub))
-		nconns := len(live)
+		grow := 0
+		if auto && !adding && !t.endgame {
+			ctl.qs = append(ctl.qs, queueing(sub))
+			if ctl.epoch.IsZero() {
+				ctl.epoch, ctl.acked0 = now, t.acked
+			} else if d := now.Sub(ctl.epoch); d >= epochLen(rtt) || ctl.last == 0 && d >= max(500*time.Millisecond, 5*rtt) {
+				g := float64(t.acked-ctl.acked0) / d.Seconds()
+				q := ctl.epochQueue()
+				k := ctl.step(g, q)
+				t.cl.log.Debug("streams auto", "goodput_mbit", g*8/1e6, "queueing", q, "streams", k, "conns", len(live))
+				ctl.epoch, ctl.acked0 = now, t.acked
+				grow = k - len(live)
+			}
+		}
+		t.cond.Broadcast()
 		t.mu.Unlock()
 
 		t.updatePacing(sub)
-		if auto && !t.opts.Fair {
-			switch {
-			case hold > 0:
-				hold--
-			case g > bestG*(1+growMargin):
-				bestG = g
-				if k < t.opts.MaxStreams {
-					// Grow by half again while goodput grows: on a lossy
-					// long path one cubic flow carries a few Mbit/s and
-					// tens may be needed.
-					k = min(k+max(1, k/2), t.opts.MaxStreams)
-					grew = true
-					if add := k - nconns; add > 0 && adding.CompareAndSwap(false, true) {
-						go func() {
-							cs, err := t.cl.acquire(t.ctx, t.peer, add)
-							if err == nil {
-								for _, cn := range cs {
-									t.addConn(cn, false)
-								}
-							}
-							adding.Store(false)
-						}()
-					}
+		if grow > 0 {
+			adding = true
+			go func(n int) {
+				cs, err := t.cl.acquire(t.ctx, t.peer, n)
+				if err != nil {
+					t.cl.log.Debug("adding connections", "err", err)
 				}
-			default:
-				if grew && k > 1 {
-					k--
-				}
-				grew = false
-				bestG = g
-				hold = holdRounds
-			}
+				added <- cs
+			}(grow)
 		}
 	}
 }
 
-// unacked returns the bytes st has sent that are not acknowledged.
-func (st *connState) unacked() int64 {
-	var n int64
-	for _, in := range st.infl {
-		n += int64(in.size)
+// liveLocked returns the connections still usable, failing those whose
+// session closed, and leaves out (re-sending their blocks elsewhere) those
+// that hold unacknowledged blocks but have heard nothing for a long time
+// while the others are being acknowledged.
+func (t *transfer) liveLocked(now time.Time, stall time.Duration) []*connState {
+	var live []*connState
+	n := 0
+	for _, st := range t.conns {
+		if !st.dead {
+			n++
+		}
 	}
-	return n
+	fair := 0.0
+	if n > 0 {
+		fair = t.est.Bandwidth() / float64(n)
+	}
+	for _, st := range t.conns {
+		if st.dead {
+			continue
+		}
+		if !st.c.alive() {
+			t.mu.Unlock()
+			t.connFailed(st, nil, errors.New("session closed"))
+			t.mu.Lock()
+			continue
+		}
+		live = append(live, st)
+		limit := stall
+		if st.rate > 0 {
+			// Time to drain what it holds at its own measured rate.
+			limit = max(limit, time.Duration(4*float64(st.unacked)/st.rate*float64(time.Second)))
+		}
+		if fair > 0 {
+			// Time to deliver two blocks at a quarter of a fair share: on
+			// a long lossy path with many connections, one block can take
+			// seconds.
+			limit = max(limit, time.Duration(8*float64(t.bs)/fair*float64(time.Second)))
+		}
+		if st.unacked > 0 && st.bench == 0 && now.Sub(st.lastAck) > limit && now.Sub(t.lastAck) < stall/2 {
+			n := t.copyInflightLocked(st)
+			t.benchLocked(st, "stalled")
+			t.cl.log.Warn("connection stalled; re-sending its blocks elsewhere", "conn", st.c.id, "blocks", n)
+		}
+	}
+	return live
+}
+
+// selectLocked chooses the next sub-transfer's subset: up to k connections
+// not left out, fastest first, each with an amount to send. A connection
+// whose time out is over is probed with a small amount.
+func (t *transfer) selectLocked(live []*connState, k int, roundTime time.Duration) []*connState {
+	var cand []*connState
+	for _, st := range live {
+		st.selected = false
+		if st.bench > 0 {
+			st.bench--
+			st.rep.LeftOut++
+			continue
+		}
+		cand = append(cand, st)
+	}
+	if len(cand) == 0 {
+		cand = live // nobody else: use those sitting out
+	}
+	sort.SliceStable(cand, func(a, b int) bool { return cand[a].rate > cand[b].rate })
+	if len(cand) > k {
+		cand = cand[:k]
+	}
+	for _, st := range cand {
+		st.selected = true
+		st.rep.Rounds++
+		// Twice what it delivered in a round at its measured rate, and
+		// at least its window: the amount bounds a connection that is
+		// slowing down without holding back one that is speeding up.
+		amount := int64(2 * st.rate * roundTime.Seconds())
+		if st.benched > 0 && st.rate == 0 {
+			amount = int64(2 * t.bs) // a probe
+		} else {
+			amount = max(amount, t.windowLocked(st))
+		}
+		st.quota = amount
+	}
+	return cand
 }
 
 // windowLocked is the most st may have unacknowledged: three RTTs at its
-// measured rate (or the BDP priming assumed, before it has one), and at
-// least four blocks and minWindow.
+// measured rate (or twice its primed congestion window, before it has
+// one), and at least two blocks and minWindow, so that the next block is
+// always queued behind the one in flight.
 func (t *transfer) windowLocked(st *connState) int64 {
 	// The RTT floor covers scheduling delays on a busy host, which a
 	// loopback ping does not see.
 	rtt := max(t.rtt, 10*time.Millisecond)
 	w := int64(3 * st.rate * rtt.Seconds())
 	if st.rate == 0 {
-		w = min(2*st.c.prime.BDP, 8*int64(t.bs))
+		// Before it is measured: twice the window priming opened.
+		w = 2 * st.c.prime.CwndAfter
 	}
-	return max(w, 4*int64(t.bs), minWindow)
+	return max(w, 2*int64(t.bs), minWindow)
 }
 
-// measureLocked updates each connection's acknowledged rate and leaves out
-// those far slower than the median.
-func (t *transfer) measureLocked(sub []*connState, end time.Time, window time.Duration) {
-	// Each connection's rate is what the receiver acknowledged on it,
-	// measured over at least a window of a few RTTs.
+// measureLocked updates each connection's acknowledged rate over the last
+// sub-transfer (of length d) and leaves out those far slower than the
+// median.
+func (t *transfer) measureLocked(live []*connState, d time.Duration) {
 	var rates []float64
-	for _, st := range t.conns {
-		if st.dead {
-			continue
-		}
-		st.accB += st.rep.Bytes - st.ackMark
+	for _, st := range live {
+		got := st.rep.Bytes - st.ackMark
 		st.ackMark = st.rep.Bytes
-		// Wall time since the last look counts while the connection
-		// had work (sent or queued): a rate over time spent idle
-		// would measure the scheduler, not the path.
-		if !st.lastLook.IsZero() && (slices.Contains(sub, st) || len(st.infl) > 0) {
-			st.accT += end.Sub(st.lastLook)
+		if !st.selected && st.unacked == 0 && got == 0 {
+			continue // it had no work: its rate says nothing
 		}
-		st.lastLook = end
-		if st.accT >= window {
-			r := float64(st.accB) / st.accT.Seconds()
-			if r == 0 && len(st.infl) > 0 {
-				r = 1 // it holds data and delivered none: the slowest of all
-			}
-			if st.rate == 0 {
-				st.rate = r
-			} else {
-				st.rate = 0.5*st.rate + 0.5*r
-			}
-			st.accB, st.accT = 0, 0
+		r := float64(got) / d.Seconds()
+		if st.rate == 0 {
+			st.rate = r
+		} else {
+			st.rate = 0.5*st.rate + 0.5*r
 		}
 		if st.rate > 0 && st.bench == 0 {
 			rates = append(rates, st.rate)
 		}
 	}
-	if len(rates) >= 2 {
-		sort.Float64s(rates)
-		med := rates[len(rates)/2]
-		for _, st := range t.conns {
-			if !st.dead && st.bench == 0 && st.rate > 0 && st.rate < slowFactor*med {
-				t.benchLocked(st, "slower than the others")
-			}
+	if len(rates) < 3 || t.endgame {
+		return
+	}
+	sort.Float64s(rates)
+	med := rates[len(rates)/2]
+	for _, st := range live {
+		if st.bench == 0 && st.selected && st.rate < slowFactor*med {
+			t.benchLocked(st, "slower than the others")
 		}
 	}
 }
 
 // benchLocked leaves st out of the next sub-transfers. Its blocks in
 // flight stay with it (on a lossy path every flow is slow now and then, and
-// sending them twice would waste the path) until the endgame: when nothing
-// is left to assign, the blocks a left-out connection still holds are sent
-// again on the others (resendBenchedLocked).
+// sending them twice would waste the path); in the endgame idle
+// connections copy whatever waits longest.
 func (t *transfer) benchLocked(st *connState, why string) {
 	st.bench = benchRounds
 	st.benched++
+	st.selected = false
 	t.cl.log.Debug("connection left out of the next sub-transfers",
-		"conn", st.c.id, "why", why, "rate", st.rate, "unacked", st.unacked())
-}
-
-// resendBenchedLocked re-queues the unacknowledged blocks of connections
-// that are left out; it reports whether it queued any.
-func (t *transfer) resendBenchedLocked() bool {
-	any := false
-	for _, st := range t.conns {
-		if st.dead || st.bench == 0 || len(st.infl) == 0 {
-			continue
-		}
-		var back []blockRef
-		for _, in := range st.infl {
-			back = append(back, in.ref)
-		}
-		st.infl = map[uint64]inflight{}
-		t.requeueLocked(back)
-		any = true
-		t.cl.log.Debug("endgame: re-sending a left-out connection's blocks on the others", "conn", st.c.id, "blocks", len(back))
-	}
-	return any
+		"conn", st.c.id, "why", why, "rate", st.rate, "unacked", st.unacked)
 }
 
 // updatePacing re-estimates the bandwidth and sets the userspace pacer and
@@ -657,10 +772,13 @@ func (t *transfer) updatePacing(sub []*connState) {
 	if r <= 0 || len(sub) == 0 {
 		return
 	}
-	// Each socket is paced by the kernel at its share of the estimate
-	// plus a probing margin: this spreads a message's segments evenly, so
-	// a shallow bottleneck queue never sees a window-sized burst. The
-	// userspace pacer, which follows the gain cycle, bounds the sum.
+	// Each socket gets SO_MAX_PACING_RATE, which also turns on the
+	// kernel's own TCP pacing (at about twice cwnd/RTT in slow start,
+	// 1.2x after), so a message's segments are spread rather than sent
+	// as one window-sized burst into a shallow queue. The cap is twice the
+	// socket's share of the estimate: loose enough that a connection can
+	// grow, while the userspace pacer, which follows the estimator's gain
+	// cycle, bounds the sum.
 	bw := t.est.Bandwidth()
 	if lim := t.opts.RateLimit; lim > 0 && (bw == 0 || bw > lim) {
 		bw = lim
@@ -668,7 +786,7 @@ func (t *transfer) updatePacing(sub []*connState) {
 	if bw <= 0 {
 		bw = r
 	}
-	per := bw * 1.25 / float64(len(sub))
+	per := math.Max(bw*2/float64(len(sub)), pace.MinRate)
 	for _, st := range sub {
 		_ = pace.SetSocketRate(st.c.tcp, per)
 	}
@@ -686,7 +804,7 @@ func (t *transfer) progressLoop(start time.Time, total int64) {
 		b := t.acked
 		n := 0
 		for _, st := range t.conns {
-			if st.busy || len(st.infl) > 0 {
+			if st.selected || st.unacked > 0 {
 				n++
 			}
 		}

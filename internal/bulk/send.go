@@ -177,36 +177,6 @@ type blockRef struct {
 	idx int
 }
 
-type inflight struct {
-	ref  blockRef
-	size int
-	at   time.Time
-}
-
-type connState struct {
-	c        *conn
-	pooled   bool
-	pending  []blockRef // assigned in this sub-transfer, not yet sent
-	busy     bool       // its worker holds work
-	sentR    int64      // bytes sent this sub-transfer
-	sendDur  time.Duration
-	rate     float64 // send rate of the last sub-transfer it took part in
-	bench    int     // sub-transfers left to sit out
-	infl     map[uint64]inflight
-	lastAck  time.Time
-	rep      ConnReport
-	wake     chan struct{}
-	dead     bool
-	finish   time.Time
-	selected bool          // in the current subset: pulls work from the queue
-	chunk    int           // blocks it takes at a time
-	ackMark  int64         // rep.Bytes when the rate was last measured
-	accB     int64         // acked bytes since the last rate update
-	accT     time.Duration // busy time since the last rate update
-	lastLook time.Time     // when the rate was last looked at
-	benched  int           // times it was left out
-}
-
 // transfer is one sending transfer.
 type transfer struct {
 	cl     *Client
@@ -237,6 +207,8 @@ type transfer struct {
 	commitsClosed bool
 	lastAck       time.Time
 	recvRate      float64
+	endgame       bool          // the queue is empty: idle connections copy late blocks
+	wake          chan struct{} // wakes the scheduler when a file is done or a connection fails
 }
 
 // blockReader reads block idx of a source into buf.
@@ -360,6 +332,7 @@ func (t *transfer) run(ctx context.Context, entries []source, dst string, multi 
 		return nil, err
 	}
 	t.cond = sync.NewCond(&t.mu)
+	t.wake = make(chan struct{}, 1)
 	t.est = newEstimator(t.opts)
 	t.pacer = pace.NewPacer(t.opts.RateLimit)
 	rep := &Report{Peer: t.peer, Entries: len(entries), Files: len(t.files), SlowStartAfterIdle: sysctlInt("net.ipv4.tcp_slow_start_after_idle")}
@@ -592,7 +565,7 @@ func (t *transfer) plan(resp beginResp, rep *Report) error {
 }
 
 func (t *transfer) addConn(cn *conn, pooled bool) *connState {
-	st := &connState{c: cn, pooled: pooled, infl: map[uint64]inflight{}, wake: make(chan struct{}, 1), lastAck: time.Now()}
+	st := &connState{c: cn, pooled: pooled, infl: map[uint64]inflight{}, lastAck: time.Now()}
 	st.rep.ID = cn.id
 	t.mu.Lock()
 	t.conns = append(t.conns, st)
