@@ -175,3 +175,35 @@ func FuzzDecodeLock(f *testing.F) {
 		}
 	})
 }
+
+// FuzzEncodeTree checks that the tree encoder writes exactly what
+// encoding/json writes, for any names, owners, link targets, sizes, times,
+// extended attributes and content lists.
+func FuzzEncodeTree(f *testing.F) {
+	f.Add("a.go", "root", "../x\n", int64(3), int64(1700000000), int32(123456789), uint64(7), []byte("user.k"), 2, true)
+	f.Add("<&>\"\\\x7f\u2028é\xff", "", "", int64(-1), int64(-62135596801), int32(0), uint64(0), []byte{}, 0, false)
+	f.Add("x", "tab\t", "\x00", int64(1<<62), int64(253402300800), int32(-5), uint64(1<<63), []byte("\xff"), 40, true)
+	f.Fuzz(func(t *testing.T, name, user, target string, size, sec int64, nsec int32, inode uint64, xkey []byte, nblobs int, sub bool) {
+		zone := time.FixedZone("z", int(inode%86400)-43200)
+		n := &Node{Name: name, Type: NodeFile, Mode: uint32(inode), UID: uint32(size), GID: uint32(sec), User: user, Group: target,
+			Size: size, ModTime: time.Unix(sec, int64(nsec)), ChangeTime: time.Unix(sec/2, 0).In(zone), Inode: inode, Device: inode / 3,
+			Links: uint64(nblobs), Rdev: uint64(size), LinkTarget: target}
+		if len(xkey) > 0 {
+			n.Xattrs = map[string][]byte{string(xkey): xkey, "user.b": nil}
+		}
+		for i := 0; i < nblobs%50; i++ {
+			n.Content = append(n.Content, ID{byte(i), byte(sec)})
+		}
+		if sub {
+			id := ID{9, byte(size)}
+			n.Subtree = &id
+		}
+		for _, tr := range []*Tree{{}, {Nodes: []*Node{}}, {Nodes: []*Node{n}}, {Nodes: []*Node{n, {Name: name + "2", Type: NodeDir}}}} {
+			want, werr := json.Marshal(tr)
+			got, gerr := appendTreeJSON(nil, tr)
+			if (werr != nil) != (gerr != nil) || !bytes.Equal(got, want) {
+				t.Fatalf("tree encoding differs from encoding/json:\n got %s (%v)\nwant %s (%v)", got, gerr, want, werr)
+			}
+		}
+	})
+}

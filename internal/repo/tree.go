@@ -2,10 +2,12 @@ package repo
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -65,7 +67,137 @@ func (t *Tree) Find(name string) *Node {
 
 func encodeTree(t *Tree) ([]byte, error) {
 	sort.Slice(t.Nodes, func(i, j int) bool { return t.Nodes[i].Name < t.Nodes[j].Name })
-	return json.Marshal(t)
+	return appendTreeJSON(make([]byte, 0, 64+len(t.Nodes)*256), t)
+}
+
+// appendTreeJSON appends exactly what json.Marshal(t) produces (so tree
+// IDs do not depend on which encoder wrote them), without reflection:
+// encoding trees was a few percent of a backup's CPU time. Values the fast
+// path does not cover (strings needing escapes, extended attributes, times
+// outside years 0-9999) are encoded by encoding/json.
+func appendTreeJSON(b []byte, t *Tree) ([]byte, error) {
+	if t.Nodes == nil {
+		return append(b, `{"nodes":null}`...), nil
+	}
+	b = append(b, `{"nodes":[`...)
+	for i, n := range t.Nodes {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		if n == nil {
+			b = append(b, "null"...)
+			continue
+		}
+		var err error
+		if b, err = appendNodeJSON(b, n); err != nil {
+			return nil, err
+		}
+	}
+	return append(b, "]}"...), nil
+}
+
+func appendNodeJSON(b []byte, n *Node) ([]byte, error) {
+	var err error
+	b = append(b, `{"name":`...)
+	b = appendJSONString(b, n.Name)
+	b = append(b, `,"type":`...)
+	b = appendJSONString(b, n.Type)
+	b = append(b, `,"mode":`...)
+	b = strconv.AppendUint(b, uint64(n.Mode), 10)
+	b = append(b, `,"uid":`...)
+	b = strconv.AppendUint(b, uint64(n.UID), 10)
+	b = append(b, `,"gid":`...)
+	b = strconv.AppendUint(b, uint64(n.GID), 10)
+	if n.User != "" {
+		b = append(b, `,"user":`...)
+		b = appendJSONString(b, n.User)
+	}
+	if n.Group != "" {
+		b = append(b, `,"group":`...)
+		b = appendJSONString(b, n.Group)
+	}
+	if n.Size != 0 {
+		b = append(b, `,"size":`...)
+		b = strconv.AppendInt(b, n.Size, 10)
+	}
+	b = append(b, `,"mtime":`...)
+	if b, err = appendJSONTime(b, n.ModTime); err != nil {
+		return nil, err
+	}
+	b = append(b, `,"ctime":`...)
+	if b, err = appendJSONTime(b, n.ChangeTime); err != nil {
+		return nil, err
+	}
+	for _, f := range [...]struct {
+		key string
+		v   uint64
+	}{{`,"inode":`, n.Inode}, {`,"device":`, n.Device}, {`,"links":`, n.Links}, {`,"rdev":`, n.Rdev}} {
+		if f.v != 0 {
+			b = append(b, f.key...)
+			b = strconv.AppendUint(b, f.v, 10)
+		}
+	}
+	if n.LinkTarget != "" {
+		b = append(b, `,"link_target":`...)
+		b = appendJSONString(b, n.LinkTarget)
+	}
+	if len(n.Xattrs) > 0 {
+		x, err := json.Marshal(n.Xattrs)
+		if err != nil {
+			return nil, err
+		}
+		b = append(b, `,"xattrs":`...)
+		b = append(b, x...)
+	}
+	if len(n.Content) > 0 {
+		b = append(b, `,"content":[`...)
+		for i, id := range n.Content {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendJSONID(b, id)
+		}
+		b = append(b, ']')
+	}
+	if n.Subtree != nil {
+		b = append(b, `,"subtree":`...)
+		b = appendJSONID(b, *n.Subtree)
+	}
+	return append(b, '}'), nil
+}
+
+func appendJSONID(b []byte, id ID) []byte {
+	b = append(b, '"')
+	b = hex.AppendEncode(b, id[:])
+	return append(b, '"')
+}
+
+// appendJSONString quotes s as encoding/json does; only printable ASCII
+// other than the characters it escapes takes the fast path.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // a string always encodes
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
+// appendJSONTime encodes t as time.Time's MarshalJSON does.
+func appendJSONTime(b []byte, t time.Time) ([]byte, error) {
+	if y := t.Year(); y < 0 || y > 9999 {
+		q, err := json.Marshal(t)
+		if err != nil {
+			return nil, err
+		}
+		return append(b, q...), nil
+	}
+	b = append(b, '"')
+	b = t.AppendFormat(b, time.RFC3339Nano)
+	return append(b, '"'), nil
 }
 
 // decodeTree parses and validates a tree blob.
