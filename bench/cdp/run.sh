@@ -2,8 +2,12 @@
 # bench/cdp/run.sh: CDP volumes against qemu-nbd serving a raw file, side by
 # side in one run, all over unix sockets.
 #
-#   sudo bash bench/cdp/run.sh            (RUNS=3 RUNTIME=5 by default;
-#                                          ONLY_LAG=1 runs part 3 alone)
+#   sudo bash bench/cdp/run.sh            (RUNS=3 RUNTIME=5 LAGTIME=20 by
+#                                          default; ONLY_LAG=1 runs part 3
+#                                          alone, SKIP_LAG=1 parts 1-2;
+#                                          LOADS="label:bs:rate|..." sets
+#                                          the lag loads, KEEP=1 keeps the
+#                                          work directory)
 #
 # Part 1: fio (ioengine=nbd) 4 KiB random writes at QD1 and QD16 and 1 MiB
 #         sequential writes, and qemu-img bench (4 KiB writes, QD16), against
@@ -133,6 +137,7 @@ PIDS=()
 fi
 
 # --- replication lag over the lab path ------------------------------------------
+if [ "${SKIP_LAG:-0}" = 1 ]; then exit 0; fi
 if [ "$(id -u)" != 0 ]; then echo "replication lag: skipped (needs root for the lab)"; exit 0; fi
 LAB=cdpb
 "$H" lab up --name $LAB --rtt 40ms --rate 200Mbit --json --interval 500ms >"$W/lab.log" 2>&1 &

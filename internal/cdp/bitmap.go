@@ -52,6 +52,17 @@ func (b *bitmap) set(i uint64) {
 	}
 }
 
+func (b *bitmap) clear(i uint64) {
+	p := b.pages[i/bitsPerPage].Load()
+	if p == nil {
+		return
+	}
+	j := i % bitsPerPage
+	if old := p[j/64].And(^uint64(1 << (j % 64))); old&(1<<(j%64)) != 0 {
+		b.count.Add(-1)
+	}
+}
+
 // save writes the bitmap to path atomically (sparse: page index + words).
 func (b *bitmap) save(path string) error {
 	var out []byte

@@ -58,6 +58,10 @@ type Config struct {
 	CheckpointInterval time.Duration
 	// SegmentBytes is the CDP log segment size.
 	SegmentBytes int64
+	// LazyApplyBytes: writes at least this large are not copied into the
+	// volume image; reads find them in the log (and in the base image once
+	// folded), so their data is written once. 0 copies every write.
+	LazyApplyBytes int64
 	// ShipBatchBytes bounds one shipment to the remote.
 	ShipBatchBytes int
 	// ShipInFlight is how many shipments may be on the way at once.
@@ -92,6 +96,7 @@ func DefaultConfig(dir string) Config {
 		RemoteTimeout:      30 * time.Second,
 		CheckpointInterval: 5 * time.Second,
 		SegmentBytes:       cdplog.DefaultSegmentBytes,
+		LazyApplyBytes:     128 << 10,
 		ShipBatchBytes:     4 << 20,
 		ShipInFlight:       32,
 		ShipWindowBytes:    32 << 20,

@@ -91,17 +91,10 @@ func (v *Volume) shipLoop(ctx context.Context) {
 			continue
 		}
 		for len(queue) < v.m.cfg.ShipInFlight && inflight < v.m.cfg.ShipWindowBytes && next <= v.applied.Load() {
-			recs, err := v.log.Records(next, min(v.m.cfg.ShipBatchBytes, v.m.cfg.ShipWindowBytes-inflight))
+			recs, err := v.log.Records(next, v.applied.Load(), min(v.m.cfg.ShipBatchBytes, v.m.cfg.ShipWindowBytes-inflight))
 			if err != nil {
 				v.setShipErr(err)
 				break
-			}
-			applied := v.applied.Load()
-			for i, r := range recs {
-				if r.Seq > applied {
-					recs = recs[:i]
-					break
-				}
 			}
 			if len(recs) == 0 {
 				break

@@ -87,8 +87,12 @@ type Volume struct {
 	// blocks not applied yet are served from the log.
 	asyncApply  bool
 	dataApplied atomic.Uint64 // last record whose effect is in data.img
-	applyKick   chan struct{}
-	applyMu     sync.Mutex // one applier at a time
+	// lazy (asyncApply volumes) holds the blocks whose newest content
+	// data.img does not have: large writes stay in the log (base.img once
+	// folded) instead of being written a second time.
+	lazy      *bitmap
+	applyKick chan struct{}
+	applyMu   sync.Mutex // one applier at a time
 
 	remote   Remote
 	shipMu   sync.Mutex
@@ -217,6 +221,12 @@ func (v *Volume) open() error {
 			return err
 		}
 	}
+	if v.asyncApply {
+		v.lazy = newBitmap(v.blocks)
+		if err := v.lazy.load(v.path("lazy.bits")); err != nil {
+			return err
+		}
+	}
 	return v.replay()
 }
 
@@ -264,30 +274,92 @@ func (v *Volume) replay() error {
 }
 
 // applyPending applies the logged records after dataApplied to data.img, in
-// order, and returns how many it applied.
+// order, and returns how many it applied. Writes of at least LazyApplyBytes
+// are not copied into data.img: their blocks are marked lazy (their newest
+// content is in the log, or in base.img once folded), so their data is
+// written once; runs of smaller writes are read back with one pread each.
 func (v *Volume) applyPending() (int, error) {
 	v.applyMu.Lock()
 	defer v.applyMu.Unlock()
 	n := 0
+	var metas []cdplog.Meta
 	for {
 		from, to := v.dataApplied.Load()+1, v.applied.Load()
 		if from > to {
 			return n, nil
 		}
-		recs, err := v.log.Records(from, 8<<20)
-		if err != nil {
-			return n, err
-		}
-		for _, r := range recs {
-			if r.Seq > to {
-				break
+		metas = metas[:0]
+		v.log.Metas(from, func(m cdplog.Meta) bool {
+			if m.Seq > to || len(metas) == 1024 {
+				return false
 			}
-			if err := v.applyData(r); err != nil {
-				return n, fmt.Errorf("applying record %d: %w", r.Seq, err)
-			}
-			v.dataApplied.Store(r.Seq)
-			n++
+			metas = append(metas, m)
+			return true
+		})
+		if len(metas) == 0 {
+			return n, fmt.Errorf("records %d..%d are not in the log", from, to)
 		}
+		for i := 0; i < len(metas); {
+			m := metas[i]
+			if m.Kind != cdplog.KindWrite || v.isLazy(m.Length) {
+				if err := v.applyMeta(m); err != nil {
+					return n, fmt.Errorf("applying record %d: %w", m.Seq, err)
+				}
+				v.dataApplied.Store(m.Seq)
+				i++
+				n++
+				continue
+			}
+			j, bytes := i, uint64(0)
+			for j < len(metas) && metas[j].Kind == cdplog.KindWrite && !v.isLazy(metas[j].Length) && bytes < 8<<20 {
+				bytes += metas[j].Length
+				j++
+			}
+			recs, err := v.log.Records(m.Seq, metas[j-1].Seq, 8<<20+cdplog.HeaderSize*(j-i))
+			if err != nil {
+				return n, err
+			}
+			for _, r := range recs {
+				if err := v.applyData(r); err != nil {
+					return n, fmt.Errorf("applying record %d: %w", r.Seq, err)
+				}
+				v.dataApplied.Store(r.Seq)
+				n++
+			}
+			i += len(recs)
+		}
+	}
+}
+
+// isLazy says whether a write of n bytes stays in the log only.
+func (v *Volume) isLazy(n uint64) bool {
+	return v.lazy != nil && v.m.cfg.LazyApplyBytes > 0 && n >= uint64(v.m.cfg.LazyApplyBytes)
+}
+
+// applyMeta applies a record that needs no data from the log: a lazy
+// write (its blocks are marked), a zero (a hole is punched), or a point.
+func (v *Volume) applyMeta(m cdplog.Meta) error {
+	switch m.Kind {
+	case cdplog.KindWrite:
+		for b := m.Offset / bs; b < (m.Offset+m.Length)/bs; b++ {
+			v.lazy.set(b)
+		}
+	case cdplog.KindZero:
+		if err := zeroFile(v.data, int64(m.Offset), int64(m.Length)); err != nil {
+			return err
+		}
+		v.clearLazy(m.Offset, m.Length)
+	}
+	return nil
+}
+
+// clearLazy records that data.img holds the newest content of a range.
+func (v *Volume) clearLazy(off, n uint64) {
+	if v.lazy == nil || v.lazy.count.Load() == 0 {
+		return
+	}
+	for b := off / bs; b < (off+n)/bs; b++ {
+		v.lazy.clear(b)
 	}
 }
 
@@ -332,6 +404,7 @@ func (v *Volume) applyData(r cdplog.Record) error {
 		if _, err := v.data.WriteAt(r.Data, int64(r.Offset)); err != nil {
 			return fmt.Errorf("writing volume image: %w", err)
 		}
+		v.clearLazy(r.Offset, r.Length)
 	case cdplog.KindZero:
 		return zeroFile(v.data, int64(r.Offset), int64(r.Length))
 	}
@@ -370,6 +443,13 @@ func (v *Volume) checkpoint() error {
 			return err
 		}
 	}
+	if v.lazy != nil {
+		// Bits of records after applied may be in it: replay applies
+		// them again, in order, to the same result.
+		if err := v.lazy.save(v.path("lazy.bits")); err != nil {
+			return err
+		}
+	}
 	if err := writeFileAtomic(v.path("applied"), []byte(strconv.FormatUint(applied, 10))); err != nil {
 		return err
 	}
@@ -398,13 +478,7 @@ func (v *Volume) Extents(ctx context.Context, off int64, length uint32) ([]nbd.E
 	fd := int(v.data.Fd())
 	end := off + int64(length)
 	var out []nbd.Extent
-	add := func(n int64, hole bool) {
-		if k := len(out); k > 0 && out[k-1].Hole == hole {
-			out[k-1].Length += uint32(n)
-			return
-		}
-		out = append(out, nbd.Extent{Length: uint32(n), Hole: hole})
-	}
+	add := func(n int64, hole bool) { out = addExtent(out, n, hole) }
 	for pos := off; pos < end; {
 		d, err := unix.Seek(fd, pos, unix.SEEK_DATA)
 		if errors.Is(err, syscall.ENXIO) {
@@ -431,7 +505,44 @@ func (v *Volume) Extents(ctx context.Context, off int64, length uint32) ([]nbd.E
 		add(n, false)
 		pos += n
 	}
+	if v.lazy != nil && v.lazy.count.Load() > 0 {
+		out = v.lazyExtents(out, off)
+	}
 	return out, nil
+}
+
+// addExtent appends n bytes of hole or data to out, merging with the last
+// extent when it is of the same kind.
+func addExtent(out []nbd.Extent, n int64, hole bool) []nbd.Extent {
+	if k := len(out); k > 0 && out[k-1].Hole == hole {
+		out[k-1].Length += uint32(n)
+		return out
+	}
+	return append(out, nbd.Extent{Length: uint32(n), Hole: hole})
+}
+
+// lazyExtents turns the parts of data.img's holes that hold lazy blocks
+// (written, their data in the log) into data.
+func (v *Volume) lazyExtents(in []nbd.Extent, off int64) []nbd.Extent {
+	var out []nbd.Extent
+	add := func(n int64, hole bool) { out = addExtent(out, n, hole) }
+	pos := off
+	for _, e := range in {
+		end := pos + int64(e.Length)
+		if !e.Hole {
+			add(int64(e.Length), false)
+			pos = end
+			continue
+		}
+		for pos < end {
+			// The extent edges of a hole are block-aligned except at the
+			// ends of the request.
+			blkEnd := min((pos/bs+1)*bs, end)
+			add(blkEnd-pos, !v.lazy.get(uint64(pos/bs)))
+			pos = blkEnd
+		}
+	}
+	return out
 }
 
 // InlineWrites tells the NBD server that writes without FUA can run in
@@ -463,7 +574,7 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 		return v.readAtSeq(ctx, p, off, v.log.NextSeq()-1)
 	}
 	if v.allPresent {
-		if !v.asyncApply || v.dataApplied.Load() >= v.applied.Load() {
+		if !v.asyncApply || (v.dataApplied.Load() >= v.applied.Load() && v.lazy.count.Load() == 0) {
 			if _, err := v.data.ReadAt(p, off); err != nil {
 				return fmt.Errorf("reading volume image: %w", err)
 			}
@@ -706,15 +817,21 @@ func (v *Volume) WriteBatch(ctx context.Context, reqs []nbd.WriteRequest) []erro
 }
 
 // readLiveBlock reads a block of an asyncApply volume: from the log if its
-// newest record is not applied to data.img yet, else from data.img.
+// newest record is not applied to data.img yet or is a lazy write; from
+// base.img for a lazy block whose record was folded; else from data.img.
 func (v *Volume) readLiveBlock(blk uint64, p []byte) error {
 	d := v.dataApplied.Load()
-	if seq := v.log.LatestSeq(blk, ^uint64(0)); seq > d {
+	lazy := v.lazy.get(blk)
+	if seq := v.log.LatestSeq(blk, ^uint64(0)); seq > d || (lazy && seq > 0) {
 		if ok, err := v.log.ReadBlock(blk, seq, p); ok || err != nil {
 			return err
 		}
 	}
-	_, err := v.data.ReadAt(p, int64(blk*bs))
+	f := v.data
+	if lazy && v.lazy.get(blk) {
+		f = v.base // the lazy write was folded into base.img
+	}
+	_, err := f.ReadAt(p, int64(blk*bs))
 	return err
 }
 

@@ -58,3 +58,82 @@ func TestReadsWhileApplyIsBehind(t *testing.T) {
 		t.Fatalf("read from the image differs (err %v)", err)
 	}
 }
+
+// TestLazyLargeWritesWrittenOnce checks that writes of LazyApplyBytes and
+// more stay in the log only (data.img does not get them), and read back
+// right through smaller writes and zeroes over them, after a reopen of the
+// volume, and after their log segments were folded into base.img.
+func TestLazyLargeWritesWrittenOnce(t *testing.T) {
+	ctx := context.Background()
+	dir := shortDir(t)
+	cfg := testConfig(dir)
+	cfg.SegmentBytes = 1 << 20
+	s := startSite(t, cfg, nil)
+	const size = 8 << 20
+	v := mustCreate(t, s.m, "v", size)
+	want := make([]byte, size)
+	write := func(v *Volume, off int64, n int, b byte) {
+		t.Helper()
+		p := bytes.Repeat([]byte{b}, n)
+		if err := v.WriteAt(ctx, p, off, false); err != nil {
+			t.Fatal(err)
+		}
+		copy(want[off:], p)
+	}
+	write(v, 0, 1<<20, 0x11)   // lazy
+	write(v, 8192, 4096, 0x22) // applied, over a lazy block
+	if err := v.Zero(ctx, 512<<10, 64<<10, false); err != nil {
+		t.Fatal(err)
+	}
+	clear(want[512<<10 : 576<<10])
+	write(v, 2<<20, 256<<10, 0x33) // lazy
+	for i := range 12 {            // fill a few segments
+		write(v, 3<<20+int64(i%4)*(256<<10), 256<<10, byte(0x40+i))
+	}
+	write(v, 3<<20+4096, 4096, 0x55)
+	check := func(v *Volume, what string) {
+		t.Helper()
+		v.kickApply()
+		waitFor(t, "applier", 5*time.Second, func() bool { return v.dataApplied.Load() == v.applied.Load() })
+		got := make([]byte, size)
+		if err := v.ReadAt(ctx, got, 0); err != nil || !bytes.Equal(got, want) {
+			for i := range got {
+				if got[i] != want[i] {
+					t.Fatalf("%s: byte %d is %#x, want %#x (err %v)", what, i, got[i], want[i], err)
+				}
+			}
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	check(v, "live")
+	if v.lazy.count.Load() == 0 {
+		t.Fatal("no block was left to the log")
+	}
+	img := make([]byte, 4096)
+	if _, err := v.data.ReadAt(img, 0); err != nil || img[0] == 0x11 {
+		t.Fatalf("data.img got the large write too (%#x, err %v)", img[0], err)
+	}
+	if _, err := v.data.ReadAt(img, 8192); err != nil || img[0] != 0x22 {
+		t.Fatalf("data.img lacks the small write (%#x, err %v)", img[0], err)
+	}
+	s.stop()
+
+	s = startSite(t, cfg, nil)
+	v, err := s.m.Volume("v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(v, "after reopen")
+	upTo, err := v.Fold(time.Now().Add(time.Hour))
+	if err != nil || upTo == 0 {
+		t.Fatalf("fold: up to %d, %v", upTo, err)
+	}
+	if v.log.LatestSeq(0, ^uint64(0)) != 0 || !v.lazy.get(0) {
+		t.Fatal("block 0 should now be lazy with its record folded")
+	}
+	check(v, "after the fold")
+	s.stop()
+	s = startSite(t, cfg, nil)
+	v, _ = s.m.Volume("v")
+	check(v, "after the fold and a reopen")
+}

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // DefaultSegmentBytes is the size at which a new segment is started. Folding
@@ -266,8 +268,8 @@ func (l *Log) Append(r *Record) (uint64, error) {
 		}
 		s = l.segs[len(l.segs)-1]
 	}
-	l.buf = r.AppendBinary(l.buf[:0])
-	n, err := s.f.WriteAt(l.buf, s.size)
+	l.buf = r.AppendHeader(l.buf[:0])
+	n, err := writeAt(s.f, [][]byte{l.buf, r.Data}, s.size)
 	if err != nil {
 		if terr := s.f.Truncate(s.size); terr != nil {
 			l.logger.Error("truncating failed log append", "err", terr)
@@ -282,6 +284,43 @@ func (l *Log) Append(r *Record) (uint64, error) {
 		l.dataSize += int64(len(r.Data))
 	}
 	return r.Seq, nil
+}
+
+// maxIOV is the most buffers one pwritev takes (Linux IOV_MAX).
+const maxIOV = 1024
+
+// writeAt writes the buffers one after the other at off with pwritev,
+// without copying them into one buffer first. It returns the bytes written.
+func writeAt(f *os.File, iovs [][]byte, off int64) (int, error) {
+	fd := int(f.Fd())
+	done := 0
+	for len(iovs) > 0 && len(iovs[len(iovs)-1]) == 0 {
+		iovs = iovs[:len(iovs)-1]
+	}
+	for len(iovs) > 0 {
+		chunk := iovs[:min(len(iovs), maxIOV)]
+		n, err := unix.Pwritev(fd, chunk, off+int64(done))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return done, &os.PathError{Op: "pwritev", Path: f.Name(), Err: err}
+		}
+		if n == 0 {
+			return done, io.ErrShortWrite
+		}
+		done += n
+		for len(iovs) > 0 && (n > 0 || len(iovs[0]) == 0) {
+			if n >= len(iovs[0]) {
+				n -= len(iovs[0])
+				iovs = iovs[1:]
+			} else {
+				iovs[0] = iovs[0][n:]
+				n = 0
+			}
+		}
+	}
+	return done, nil
 }
 
 // Unappend removes record seq, which must be the last one, as if it had
@@ -326,6 +365,12 @@ func (l *Log) syncInBackground(full *segment) {
 	full.synced = done
 	go func() {
 		full.syncErr = full.f.Sync()
+		if full.syncErr == nil {
+			// A full segment is rarely read again (restores, reads of large
+			// writes): leave its pages to others rather than let an
+			// append-only log grow the page cache.
+			_ = unix.Fadvise(int(full.f.Fd()), 0, 0, unix.FADV_DONTNEED)
+		}
 		close(done)
 	}()
 }
@@ -441,9 +486,9 @@ func (l *Log) SeqAt(t time.Time) uint64 {
 	return l.metas[i-1].Seq
 }
 
-// Records reads whole records from seq from on, at most maxBytes of data
-// (at least one record if any).
-func (l *Log) Records(from uint64, maxBytes int) ([]Record, error) {
+// Records reads whole records from seq from up to seq to (inclusive), at
+// most maxBytes of data (at least one record if any).
+func (l *Log) Records(from, to uint64, maxBytes int) ([]Record, error) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	if from < l.first {
@@ -453,17 +498,16 @@ func (l *Log) Records(from uint64, maxBytes int) ([]Record, error) {
 	// with one pread.
 	var out []Record
 	total := 0
-	to := from
-	for ; to < l.next; to++ {
-		m := l.metas[to-l.first]
-		if to > from && total+int(m.Length) > maxBytes {
+	end := from // one past the last record read
+	for ; end < l.next && end <= to; end++ {
+		m := l.metas[end-l.first]
+		n := HeaderSize + l.recordDataLen(m)
+		if end > from && total+n > maxBytes {
 			break
 		}
-		if m.Kind == KindWrite {
-			total += int(m.Length)
-		}
-		total += HeaderSize
+		total += n
 	}
+	to = end
 	for s := from; s < to; {
 		m := l.metas[s-l.first]
 		e := s
@@ -539,13 +583,24 @@ func (l *Log) AppendBatch(recs []Record) error {
 		}
 		s = l.segs[len(l.segs)-1]
 	}
+	// The headers go into one buffer; the data is written from where it
+	// is, with the headers, by pwritev.
 	l.buf = l.buf[:0]
+	iovs := make([][]byte, 0, 2*len(recs))
 	pos := make([]int64, len(recs))
+	at := s.size
 	for i := range recs {
-		pos[i] = s.size + int64(len(l.buf))
-		l.buf = recs[i].AppendBinary(l.buf)
+		pos[i] = at
+		l.buf = recs[i].AppendHeader(l.buf)
+		at += HeaderSize + int64(len(recs[i].Data))
 	}
-	n, err := s.f.WriteAt(l.buf, s.size)
+	for i := range recs {
+		iovs = append(iovs, l.buf[i*HeaderSize:(i+1)*HeaderSize])
+		if len(recs[i].Data) > 0 {
+			iovs = append(iovs, recs[i].Data)
+		}
+	}
+	n, err := writeAt(s.f, iovs, s.size)
 	if err != nil {
 		if terr := s.f.Truncate(s.size); terr != nil {
 			l.logger.Error("truncating failed log append", "err", terr)
@@ -600,7 +655,7 @@ func (l *Log) Fold(before time.Time, maxSeq uint64, apply func(Record) error, co
 		return 0, nil
 	}
 	for seq := first; seq <= upTo; seq++ {
-		recs, err := l.Records(seq, 1)
+		recs, err := l.Records(seq, seq, 1)
 		if err != nil {
 			return 0, err
 		}

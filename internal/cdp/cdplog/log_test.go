@@ -250,7 +250,7 @@ func TestRecordsAcrossSegmentsAndAppendBatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	for from := uint64(1); from < src.NextSeq(); {
-		recs, err := src.Records(from, 2*BlockSize)
+		recs, err := src.Records(from, ^uint64(0), 2*BlockSize)
 		if err != nil || len(recs) == 0 || recs[0].Seq != from {
 			t.Fatalf("records from %d: %d %v", from, len(recs), err)
 		}

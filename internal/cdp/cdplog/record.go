@@ -108,7 +108,13 @@ func (r *Record) Validate() error {
 
 // AppendBinary appends the on-disk encoding of r to b.
 func (r *Record) AppendBinary(b []byte) []byte {
-	start := len(b)
+	return append(r.AppendHeader(b), r.Data...)
+}
+
+// AppendHeader appends the on-disk header of r to b: the encoding is the
+// header followed by r.Data, so the two can be written without copying the
+// data first (pwritev).
+func (r *Record) AppendHeader(b []byte) []byte {
 	var h [HeaderSize]byte
 	binary.LittleEndian.PutUint32(h[0:], recordMagic)
 	binary.LittleEndian.PutUint64(h[8:], r.Seq)
@@ -117,11 +123,9 @@ func (r *Record) AppendBinary(b []byte) []byte {
 	binary.LittleEndian.PutUint32(h[28:], uint32(len(r.Data)))
 	binary.LittleEndian.PutUint64(h[32:], r.Offset)
 	binary.LittleEndian.PutUint64(h[40:], r.Length)
-	b = append(b, h[:]...)
-	b = append(b, r.Data...)
-	crc := crc32.Update(0, castagnoli, b[start+8:])
-	binary.LittleEndian.PutUint32(b[start+4:], crc)
-	return b
+	crc := crc32.Update(crc32.Update(0, castagnoli, h[8:]), castagnoli, r.Data)
+	binary.LittleEndian.PutUint32(h[4:], crc)
+	return append(b, h[:]...)
 }
 
 // header is a decoded record header.

@@ -19,6 +19,8 @@ import (
 type Device interface {
 	Size() int64
 	ReadAt(ctx context.Context, p []byte, off int64) error
+	// WriteAt writes p at off. The server reuses p once it returns: a
+	// device must not keep it (WriteBatch likewise).
 	WriteAt(ctx context.Context, p []byte, off int64, fua bool) error
 	// Zero makes length bytes at off read as zeros (WRITE_ZEROES).
 	Zero(ctx context.Context, off, length int64, fua bool) error
@@ -51,6 +53,41 @@ type WriteRequest struct {
 // error per request.
 type BatchWriter interface {
 	WriteBatch(ctx context.Context, reqs []WriteRequest) []error
+}
+
+// payloadPools hold write payload buffers by size class (powers of two
+// from 4 KiB), so that a stream of writes does not allocate (and have the
+// garbage collector scan and free) a buffer per request.
+var payloadPools [16]sync.Pool
+
+func payloadClass(n int) int {
+	c := 0
+	for size := 4096; size < n && c < len(payloadPools); size <<= 1 {
+		c++
+	}
+	return c
+}
+
+// getPayload returns a buffer of n bytes, from the pool when one fits.
+func getPayload(n int) []byte {
+	c := payloadClass(n)
+	if c >= len(payloadPools) {
+		return make([]byte, n)
+	}
+	if b, ok := payloadPools[c].Get().(*[]byte); ok {
+		return (*b)[:n]
+	}
+	return make([]byte, n, 4096<<c)
+}
+
+// putPayload gives a buffer from getPayload back.
+func putPayload(b []byte) {
+	c := payloadClass(cap(b))
+	if c >= len(payloadPools) || cap(b) != 4096<<c {
+		return
+	}
+	b = b[:cap(b)]
+	payloadPools[c].Put(&b)
 }
 
 // maxWriteBatch bounds the writes gathered into one batch.
@@ -462,7 +499,7 @@ func (cn *conn) transmit(ctx context.Context) error {
 					return fmt.Errorf("discarding refused write payload: %w", err)
 				}
 			} else {
-				payload = make([]byte, req.length)
+				payload = getPayload(int(req.length))
 				if _, err := io.ReadFull(cn.br, payload); err != nil {
 					return fmt.Errorf("reading write payload: %w", err)
 				}
@@ -514,7 +551,7 @@ func (cn *conn) writeBatch(ctx context.Context, bw BatchWriter, req request, pay
 			break
 		}
 		cn.br.Discard(requestSize)
-		p := make([]byte, next.length)
+		p := getPayload(int(next.length))
 		if _, err := io.ReadFull(cn.br, p); err != nil {
 			return fmt.Errorf("reading write payload: %w", err)
 		}
@@ -522,6 +559,9 @@ func (cn *conn) writeBatch(ctx context.Context, bw BatchWriter, req request, pay
 		wr = append(wr, WriteRequest{Off: int64(next.offset), Data: p})
 	}
 	errs := bw.WriteBatch(ctx, wr)
+	for _, w := range wr {
+		putPayload(w.Data)
+	}
 	for i, r := range reqs {
 		var err error
 		if i < len(errs) {
@@ -553,6 +593,7 @@ func (cn *conn) handle(ctx context.Context, req request, payload []byte) error {
 		}
 	case cmdWrite:
 		err = cn.dev.WriteAt(ctx, payload, off, fua)
+		putPayload(payload)
 	case cmdWriteZeroes:
 		err = cn.dev.Zero(ctx, off, n, fua)
 	case cmdTrim:
