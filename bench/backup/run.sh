@@ -213,9 +213,9 @@ fi
 GO_MB=$(du -sb "$DATA_GO" | cut -f1)
 echo "machine: $(nproc) cores; load average (1/5/15 min) at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "data: Go tree $(find "$DATA_GO" -type f | wc -l) files, $((GO_MB >> 20)) MiB; generated set $(find "$DATA_GEN" -type f | wc -l) files, $GEN_MIB MiB"
-python3 - "$RESULTS" "$RUNS" "$GO_MB" <<'EOF'
+python3 - "$RESULTS" "$RUNS" "$GO_MB" "$((GEN_MIB << 20))" <<'EOF'
 import sys, statistics, collections
-path, runs, go_bytes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+path, runs, go_bytes, gen_bytes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 vals = collections.defaultdict(list)
 for line in open(path):
     ds, tool, run, metric, v = line.split("\t")
@@ -246,17 +246,16 @@ for ds, title in (("go", "Go toolchain tree (GOROOT)"), ("gen", "generated set")
         print(f"| {label:<30} | {f(row[0])} | {f(row[1]):>10} | {f(row[2])} | {f(row[3])} | {ratio(row[2], row[0]):>15} | {ratio(row[2], row[1]):>17} | {ratio(row[3], row[0]):>13} |")
     if med.get((ds, "cp", "restore")):
         print(f"\nfile-system baseline: cp -a of the same data takes {med[(ds, 'cp', 'restore')]:.2f} s (a restore cannot beat the file system)")
-    if ds == "go" and med.get(("go", "hf", "initial")):
-        rate = go_bytes / med[("go", "hf", "initial")] / 1e6
-        for tool, name in (("hf", "holdfast (zstd default)"), ("hf1", "holdfast --compression fastest")):
-            if not med.get(("go", tool, "initial")):
-                continue
-            rate = go_bytes / med[("go", tool, "initial")] / 1e6
-            cpu = med.get(("go", tool, "initial_cpu"))
-            print(f"\n{name}, initial backup of the Go tree: {rate:.0f} MB/s wall clock = {rate / 450:.2f} of the 450 MB/s ceiling")
-            if cpu:
-                crate = go_bytes / (cpu / 2) / 1e6
-                print(f"  CPU-bound rate on 2 free cores (size / (CPU seconds / 2)): {crate:.0f} MB/s = {crate / 450:.2f} of the ceiling")
+    size = go_bytes if ds == "go" else gen_bytes
+    for tool, name in (("hf", "holdfast (zstd default)"), ("hf1", "holdfast --compression fastest")):
+        if not med.get((ds, tool, "initial")):
+            continue
+        rate = size / med[(ds, tool, "initial")] / 1e6
+        cpu = med.get((ds, tool, "initial_cpu"))
+        print(f"\n{name}, initial backup of the {title}: {rate:.0f} MB/s wall clock = {rate / 450:.2f} of the 450 MB/s ceiling")
+        if cpu:
+            crate = size / (cpu / 2) / 1e6
+            print(f"  CPU-bound rate on 2 free cores (size / (CPU seconds / 2)): {crate:.0f} MB/s = {crate / 450:.2f} of the ceiling")
 if any(k[0] == "aging" for k in med):
     print(f"\nrestore as the repository ages (Go tree, 10 backups with changes between): medians of {runs}")
     print("| tool     | first snapshot (s) | newest snapshot (s) | newest/first |")
