@@ -10,13 +10,16 @@ import (
 // BenchmarkWrite4K measures the write path without NBD: 4 KiB random
 // writes to a volume with and without the CDP log.
 func BenchmarkWrite4K(b *testing.B) {
-	for _, noCDP := range []bool{false, true} {
-		name := "cdp"
-		if noCDP {
-			name = "nocdp"
-		}
-		b.Run(name, func(b *testing.B) {
-			m, err := New(context.Background(), DefaultConfig(b.TempDir()), nil, slog.New(slog.DiscardHandler))
+	for _, c := range []struct {
+		name  string
+		noCDP bool
+		lazy  int64
+	}{{"cdp", false, DefaultConfig("").LazyApplyBytes}, {"cdp-applied", false, 0}, {"nocdp", true, 0}} {
+		noCDP := c.noCDP
+		b.Run(c.name, func(b *testing.B) {
+			cfg := DefaultConfig(b.TempDir())
+			cfg.LazyApplyBytes = c.lazy
+			m, err := New(context.Background(), cfg, nil, slog.New(slog.DiscardHandler))
 			if err != nil {
 				b.Fatal(err)
 			}

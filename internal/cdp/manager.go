@@ -60,7 +60,9 @@ type Config struct {
 	SegmentBytes int64
 	// LazyApplyBytes: writes at least this large are not copied into the
 	// volume image; reads find them in the log (and in the base image once
-	// folded), so their data is written once. 0 copies every write.
+	// folded), so their data is written once. The default, one block,
+	// leaves every write in the log only; 0 copies every write into the
+	// image (in the background).
 	LazyApplyBytes int64
 	// ShipBatchBytes bounds one shipment to the remote.
 	ShipBatchBytes int
@@ -96,7 +98,7 @@ func DefaultConfig(dir string) Config {
 		RemoteTimeout:      30 * time.Second,
 		CheckpointInterval: 5 * time.Second,
 		SegmentBytes:       cdplog.DefaultSegmentBytes,
-		LazyApplyBytes:     128 << 10,
+		LazyApplyBytes:     cdplog.BlockSize,
 		ShipBatchBytes:     4 << 20,
 		ShipInFlight:       32,
 		ShipWindowBytes:    32 << 20,

@@ -580,9 +580,7 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 			}
 			return nil
 		}
-		return v.eachBlock(p, off, func(blk uint64, bp []byte) error {
-			return v.readLiveBlock(blk, bp)
-		})
+		return v.readLive(p, off)
 	}
 	return v.eachBlock(p, off, func(blk uint64, bp []byte) error {
 		if v.present.get(blk) {
@@ -814,6 +812,69 @@ func (v *Volume) WriteBatch(ctx context.Context, reqs []nbd.WriteRequest) []erro
 		}
 	}
 	return errs
+}
+
+// liveSource is where a block of an asyncApply volume is read: a file
+// (the log, data.img or base.img) at pos, or zeros.
+type liveSource struct {
+	f    *os.File
+	pos  int64
+	zero bool
+}
+
+func (v *Volume) locateLive(blk uint64) liveSource {
+	d := v.dataApplied.Load()
+	lazy := v.lazy.get(blk)
+	if seq, f, pos, zero := v.log.Locate(blk, ^uint64(0)); seq > d || (lazy && seq > 0) {
+		return liveSource{f: f, pos: pos, zero: zero}
+	}
+	if lazy && v.lazy.get(blk) {
+		return liveSource{f: v.base, pos: int64(blk * bs)} // folded
+	}
+	return liveSource{f: v.data, pos: int64(blk * bs)}
+}
+
+// readLive reads an asyncApply volume: each block from where its newest
+// content is (locateLive), with one pread per run of blocks that lie one
+// after the other in the same file.
+func (v *Volume) readLive(p []byte, off int64) error {
+	if off%bs != 0 || len(p)%bs != 0 {
+		return v.eachBlock(p, off, func(blk uint64, bp []byte) error { return v.readLiveBlock(blk, bp) })
+	}
+	first := uint64(off / bs)
+	var run liveSource
+	start, n := 0, 0
+	flush := func() error {
+		if n == 0 {
+			return nil
+		}
+		dst := p[start : start+n]
+		if run.zero {
+			clear(dst)
+			return nil
+		}
+		if _, err := run.f.ReadAt(dst, run.pos); err != nil {
+			// A log segment folded meanwhile: read these blocks again.
+			for i := 0; i < n; i += bs {
+				if err := v.readLiveBlock(first+uint64((start+i)/bs), dst[i:i+bs]); err != nil {
+					return fmt.Errorf("reading block %d: %w", first+uint64((start+i)/bs), err)
+				}
+			}
+		}
+		return nil
+	}
+	for i := 0; i < len(p); i += bs {
+		src := v.locateLive(first + uint64(i/bs))
+		if n > 0 && src.f == run.f && src.zero == run.zero && (src.zero || src.pos == run.pos+int64(n)) {
+			n += bs
+			continue
+		}
+		if err := flush(); err != nil {
+			return err
+		}
+		run, start, n = src, i, bs
+	}
+	return flush()
 }
 
 // readLiveBlock reads a block of an asyncApply volume: from the log if its

@@ -449,6 +449,25 @@ func (l *Log) ReadBlock(blk, atSeq uint64, p []byte) (bool, error) {
 	return true, nil
 }
 
+// Locate finds block blk as of sequence number atSeq without reading it:
+// the newest record of it at or before atSeq (seq, 0 if none), and either
+// zero (a zero record) or the segment file and offset of the block's data.
+// The file may be closed by a Fold before the caller reads it; the caller
+// then reads the block again (ReadBlock).
+func (l *Log) Locate(blk, atSeq uint64) (seq uint64, f *os.File, pos int64, zero bool) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	seq = l.latestLocked(blk, atSeq)
+	if seq == 0 {
+		return 0, nil, 0, false
+	}
+	m := l.metas[seq-l.first]
+	if m.Kind == KindZero {
+		return seq, nil, 0, true
+	}
+	return seq, l.segs[m.seg].f, m.pos + HeaderSize + int64(blk*BlockSize-m.Offset), false
+}
+
 // Meta returns what the log knows of record seq.
 func (l *Log) Meta(seq uint64) (Meta, bool) {
 	l.mu.RLock()
