@@ -3,6 +3,7 @@ package cdp
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"os/exec"
 	"path/filepath"
@@ -155,4 +156,99 @@ func TestAgentRemoteUnreachableBacklogShippedInBulk(t *testing.T) {
 	if err := qemuCompare(a.uri("db"), a.uri("db-remote")); err != nil {
 		t.Fatalf("remote restore differs from the volume: %v", err)
 	}
+}
+
+// readChecks turns the first len(img) bytes of an expected image into
+// qemu-io reads of each run of equal bytes (read -P verifies the pattern).
+func readChecks(img []byte) []string {
+	var cmds []string
+	for i := 0; i < len(img); {
+		j := i
+		for j < len(img) && img[j] == img[i] && j-i < 8<<20 {
+			j++
+		}
+		cmds = append(cmds, fmt.Sprintf("read -P 0x%02x %d %d", img[i], i, j-i))
+		i = j
+	}
+	return cmds
+}
+
+// TestAgentKill9RebuildsTheIndex SIGKILLs a real agent right after writes
+// of every size (no checkpoint has run): on restart the block index is
+// rebuilt from the log (every write is in the log only), and the volume,
+// and a restored volume still reading through that log, read back exactly.
+func TestAgentKill9RebuildsTheIndex(t *testing.T) {
+	needTools(t, "qemu-io")
+	bin := holdfastBinary(t)
+	if bin == "" {
+		t.Skip("the holdfast binary does not build right now")
+	}
+	dir := filepath.Join(shortDir(t), "a")
+	if out, err := exec.Command(bin, "cluster", "init", "--state", dir, "--name", "a", "--listen", loopbackAddr(t)).CombinedOutput(); err != nil {
+		t.Fatalf("cluster init: %v\n%s", err, out)
+	}
+	a := startAgent(t, bin, dir)
+	ctx := context.Background()
+	c := a.client()
+	const size, span = 2 << 30, 8 << 20 // writes go to the first span bytes
+	if _, err := c.Create(ctx, CreateOptions{Name: "v", Size: size}); err != nil {
+		t.Fatal(err)
+	}
+	img := make([]byte, span)
+	ops := []op{
+		{cmd: "write", off: 0, n: 1 << 20, pattern: 0x11},
+		{cmd: "write", off: 4096, n: 4096, pattern: 0x22},
+		{cmd: "write", off: 2 << 20, n: 64 << 10, pattern: 0x33},
+		{cmd: "zero", off: 512 << 10, n: 128 << 10},
+		{cmd: "write", off: 3<<20 + 100, n: 5000, pattern: 0x44},
+		{cmd: "write", off: 4 << 20, n: 3 << 20, pattern: 0x55, markAfterOp: "m"},
+		{cmd: "write", off: 1 << 20, n: 4 << 20, pattern: 0x66},
+		{cmd: "write", off: 8192, n: 4096, pattern: 0x77},
+	}
+	var atMark []byte
+	for _, o := range ops {
+		qemuIO(t, a.uri("v"), o.qemu())
+		o.apply(img)
+		if o.markAfterOp != "" {
+			if _, err := c.Mark(ctx, "v", o.markAfterOp); err != nil {
+				t.Fatal(err)
+			}
+			atMark = append([]byte(nil), img...)
+		}
+	}
+	// A restored volume of the same size reads through v's log while its
+	// background fill runs; it takes writes of its own meanwhile.
+	if _, err := c.Restore(ctx, RestoreOptions{Name: "v", At: "m", As: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	own := op{cmd: "write", off: 6 << 20, n: 8192, pattern: 0x88}
+	qemuIO(t, a.uri("r"), own.qemu())
+	own.apply(atMark)
+	in, err := c.Get(ctx, "r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.FillDone {
+		t.Fatal("the restored volume finished filling before the kill; the test needs a larger volume")
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, "volumes", "v", "lazy.bits")); len(left) != 0 {
+		t.Log("a checkpoint ran before the kill")
+	}
+	a.kill()
+
+	a = startAgent(t, bin, dir)
+	check := func(vol string, want []byte) {
+		t.Helper()
+		cmds := append(readChecks(want), "read -P 0 1G 1M", fmt.Sprintf("read -P 0 %d 4096", size-4096))
+		qemuIO(t, a.uri(vol), cmds...)
+	}
+	check("v", img)
+	check("r", atMark)
+	// The fill of the restored volume resumes and completes; it then no
+	// longer needs v's log.
+	waitFor(t, "fill after the restart", 60*time.Second, func() bool {
+		in, err := a.client().Get(ctx, "r")
+		return err == nil && in.FillDone
+	})
+	check("r", atMark)
 }
