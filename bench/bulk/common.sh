@@ -86,12 +86,17 @@ lab_up() {
 	done
 	H0="ip netns exec hflab-$name-h0"
 	H1="ip netns exec hflab-$name-h1"
-	# Try to give every flow in the lab the same default congestion control
-	# (a per-namespace sysctl; the host is untouched). A namespace may only
-	# pick one listed in net.ipv4.tcp_allowed_congestion_control: when that
-	# refuses, tools that do not choose their own use the lab hosts' default.
+	# Give every flow in the lab the same default congestion control (a
+	# per-namespace sysctl). A namespace may only pick one listed in the
+	# host-wide net.ipv4.tcp_allowed_congestion_control, so the list is
+	# widened for the moment it takes, then put back: the host's own
+	# default and list are unchanged afterwards.
+	local allowed
+	allowed=$(sysctl -n net.ipv4.tcp_allowed_congestion_control)
+	case " $allowed " in *" ${CC:-cubic} "*) ;; *) sysctl -qw net.ipv4.tcp_allowed_congestion_control="$allowed ${CC:-cubic}" ;; esac
 	$H0 sysctl -qw net.ipv4.tcp_congestion_control="${CC:-cubic}" 2>/dev/null || true
 	$H1 sysctl -qw net.ipv4.tcp_congestion_control="${CC:-cubic}" 2>/dev/null || true
+	sysctl -qw net.ipv4.tcp_allowed_congestion_control="$allowed"
 	LABCC=$($H0 sysctl -n net.ipv4.tcp_congestion_control)
 	A1=198.18.0.2
 	echo "lab path: $*"

@@ -11,6 +11,7 @@ import (
 
 	"github.com/holdfast/holdfast/internal/bulk"
 	"github.com/holdfast/holdfast/internal/cluster"
+	"github.com/holdfast/holdfast/internal/netdiag"
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 )
@@ -28,6 +29,8 @@ type cpOptions struct {
 	noPace     bool
 	fair       bool
 	noProgress bool
+	noDiag     bool
+	diagDir    string
 	slo        sloFlags // --deadline, --min-rate: cmd_slo.go
 }
 
@@ -65,6 +68,8 @@ peer sends over the connections this side opens.`,
 	f.BoolVar(&o.noPace, "no-pace", false, "do not pace sends")
 	f.BoolVar(&o.fair, "fair", false, "take only one flow's fair share of a shared bottleneck (one connection)")
 	f.BoolVar(&o.noProgress, "no-progress", false, "do not show a progress bar")
+	f.BoolVar(&o.noDiag, "no-netdiag", false, "do not record network diagnostics (see holdfast netdiag report)")
+	f.StringVar(&o.diagDir, "netdiag-dir", "", "network diagnostics log directory (default <state>/netdiag)")
 	o.slo.add(cmd)
 	return cmd
 }
@@ -121,6 +126,21 @@ func runCp(cmd *cobra.Command, o cpOptions, args []string) error {
 	}
 	log := logger()
 	ccfg := bulk.ClientConfig{TLS: id.ClientTLS(log), Node: id.Name, CC: o.cc, Logger: log}
+	if !o.noDiag && fetchFrom == "" {
+		// Every message's send and acknowledgement times, kernel
+		// timestamps and TCP_INFO go to the netdiag log, for 'holdfast
+		// netdiag report' (bench/netdiag measures what this costs).
+		dir := o.diagDir
+		if dir == "" {
+			dir = netdiag.DirIn(o.state)
+		}
+		rec, err := netdiag.NewRecorder(netdiag.DefaultRecorderConfig(dir), log)
+		if err != nil {
+			return fmt.Errorf("opening the netdiag log (or pass --no-netdiag): %w", err)
+		}
+		defer rec.Close()
+		ccfg.Diag = rec
+	}
 	if fetchFrom != "" {
 		// Receive under the destination's parent directory.
 		root, err := filepath.Abs(filepath.Dir(filepath.Clean(dstSpec)))

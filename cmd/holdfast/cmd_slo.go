@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"io"
 	"log/slog"
 	"net"
@@ -109,7 +110,7 @@ func loadSLOPolicy(file string) (slo.Policy, error) {
 // sloFlags are the objective flags of a task command (--deadline,
 // --min-rate, --slo-policy).
 type sloFlags struct {
-	deadline, minRate, policy string
+	deadline, minRate, policy, metricsFile string
 }
 
 func (f *sloFlags) add(cmd *cobra.Command) {
@@ -117,6 +118,7 @@ func (f *sloFlags) add(cmd *cobra.Command) {
 	fl.StringVar(&f.deadline, "deadline", "", "finish by then: a duration (10m) or a time with zone (2026-11-25T02:00Z); marks packets with DSCP classes to meet it")
 	fl.StringVar(&f.minRate, "min-rate", "", "keep at least this rate, e.g. 50Mbit or 6MB/s; marks packets with DSCP classes to keep it")
 	fl.StringVar(&f.policy, "slo-policy", "", "DSCP policy file for --deadline/--min-rate (see holdfast slo policy)")
+	fl.StringVar(&f.metricsFile, "slo-metrics-file", "", "write the objective's Prometheus metrics (class, DSCP, changes, rates) to this file when the task ends, for node_exporter's textfile collector")
 }
 
 func (f *sloFlags) parse(now time.Time) (slo.Objective, slo.Policy, error) {
@@ -133,9 +135,11 @@ func (f *sloFlags) parse(now time.Time) (slo.Objective, slo.Policy, error) {
 
 // sloRun is a tagger attached to a bulk transfer.
 type sloRun struct {
-	tagger *slo.Tagger
-	cancel context.CancelFunc
-	done   chan struct{}
+	tagger      *slo.Tagger
+	cancel      context.CancelFunc
+	done        chan struct{}
+	metricsFile string
+	log         *slog.Logger
 }
 
 // attachBulk parses the objective flags and, when an objective is given,
@@ -152,7 +156,7 @@ func (f *sloFlags) attachBulk(ctx context.Context, opts *bulk.Options, log *slog
 	if err != nil {
 		return nil, err
 	}
-	prev, prevConn := opts.Progress, opts.OnConn
+	prev, prevConn, prevDial := opts.Progress, opts.OnConn, opts.OnDial
 	opts.Progress = func(pr bulk.Progress) {
 		done.Store(pr.Bytes)
 		total.Store(pr.Total)
@@ -168,8 +172,18 @@ func (f *sloFlags) attachBulk(ctx context.Context, opts *bulk.Options, log *slog
 			prevConn(id, c)
 		}
 	}
+	// Connections are marked as soon as they connect, so the priming
+	// traffic carries the task's class too; OnConn covers pooled ones.
+	opts.OnDial = func(c *net.TCPConn) {
+		if err := tg.AddConn(c); err != nil {
+			log.Warn("slo: cannot mark connection", "err", err)
+		}
+		if prevDial != nil {
+			prevDial(c)
+		}
+	}
 	ctx, cancel := context.WithCancel(ctx)
-	r := &sloRun{tagger: tg, cancel: cancel, done: make(chan struct{})}
+	r := &sloRun{tagger: tg, cancel: cancel, done: make(chan struct{}), metricsFile: f.metricsFile, log: log}
 	go func() { defer close(r.done); tg.Run(ctx) }()
 	log.Info("slo: objective", "objective", obj.String(), "start", p.Start)
 	return r, nil
@@ -183,6 +197,16 @@ func (r *sloRun) finish() *slo.Report {
 	r.cancel()
 	<-r.done
 	rep := r.tagger.Report()
+	if r.metricsFile != "" {
+		reg := prometheus.NewRegistry()
+		err := reg.Register(r.tagger)
+		if err == nil {
+			err = prometheus.WriteToTextfile(r.metricsFile, reg)
+		}
+		if err != nil {
+			r.log.Warn("slo: writing metrics file", "file", r.metricsFile, "err", err)
+		}
+	}
 	return &rep
 }
 

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/holdfast/holdfast/internal/bulk"
+	"github.com/holdfast/holdfast/internal/netdiag"
 	"github.com/holdfast/holdfast/internal/slo"
 	"github.com/holdfast/holdfast/internal/slo/slolab"
 )
@@ -103,11 +105,12 @@ func TestCpDeadlineRemarksConnections(t *testing.T) {
 		t.Fatal("tcpdump did not start")
 	}
 
-	// A fixed number of streams: with --streams auto, connections added
-	// mid-transfer send their priming traffic before bulk hands them to
-	// the tagger (Options.OnConn), unmarked.
-	r := run(t, "cp", "--state", state, "--json", "--streams", "4", "--rate-limit", "40Mbit", "--deadline", "60s", "--slo-policy", pol,
-		src, addr+":dst.bin")
+	// --streams auto: connections added mid-transfer are marked as soon
+	// as they connect (Options.OnDial), so their priming traffic carries
+	// the class in force too.
+	metrics := filepath.Join(dir, "slo.prom")
+	r := run(t, "cp", "--state", state, "--json", "--rate-limit", "40Mbit", "--deadline", "60s", "--slo-policy", pol,
+		"--slo-metrics-file", metrics, src, addr+":dst.bin")
 	if r.code != 0 {
 		t.Fatalf("cp: exit %d\n%s\nserve: %s", r.code, r.stderr, serveLog.String())
 	}
@@ -131,6 +134,29 @@ func TestCpDeadlineRemarksConnections(t *testing.T) {
 	}
 	if !strings.Contains(r.stderr, "slo: class changed") {
 		t.Errorf("the change is not logged:\n%s", r.stderr)
+	}
+	// The metrics file holds the final class's code point (CS1 = 8) and
+	// the change, for node_exporter's textfile collector.
+	prom, err := os.ReadFile(metrics)
+	if err != nil {
+		t.Fatalf("--slo-metrics-file: %v", err)
+	}
+	for _, want := range []string{"holdfast_slo_dscp 8", `holdfast_slo_class_changes_total{direction="lower"} 1`} {
+		if !strings.Contains(string(prom), want) {
+			t.Errorf("metrics file lacks %q:\n%s", want, prom)
+		}
+	}
+	// The copy recorded network diagnostics: one message per block.
+	var msgs int
+	if _, err := netdiag.ReadLog(netdiag.DirIn(state), func(rec netdiag.Record) {
+		if rec.Msg != nil {
+			msgs++
+		}
+	}); err != nil {
+		t.Fatalf("reading the netdiag log: %v", err)
+	}
+	if msgs < len(data)/bulk.DefaultBlockSize {
+		t.Errorf("netdiag log holds %d message records, want at least %d (one per block)", msgs, len(data)/bulk.DefaultBlockSize)
 	}
 
 	dump.Process.Signal(syscall.SIGINT)

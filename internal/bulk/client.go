@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/holdfast/holdfast/internal/netdiag"
 	"github.com/holdfast/holdfast/internal/pace"
 	"github.com/holdfast/holdfast/internal/wire"
 )
@@ -51,6 +52,13 @@ type ClientConfig struct {
 	// Service, when set, serves fetches: the peer sends files back over
 	// this client's connections into the service's root.
 	Service *Service
+	// Diag, when set, receives network diagnostics of every connection
+	// this client dials (internal/netdiag: per-message send and
+	// acknowledgement times, kernel transmit timestamps, TCP_INFO samples),
+	// for 'holdfast netdiag report'. A netdiag.Recorder writes the log.
+	Diag netdiag.Sink
+	// DiagConfig sets what Diag measures (zero: netdiag.DefaultConfig()).
+	DiagConfig netdiag.Config
 	// Logger receives events (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -168,7 +176,7 @@ func (c *Client) Pooled(peer string) int {
 // acquire returns n connections to peer: pooled ones first (re-primed when
 // their window collapsed while idle), then new ones, dialled and primed in
 // parallel. It fails only when no connection at all can be had.
-func (c *Client) acquire(ctx context.Context, peer string, n int) ([]*conn, error) {
+func (c *Client) acquire(ctx context.Context, peer string, n int, onDial func(*net.TCPConn)) ([]*conn, error) {
 	c.mu.Lock()
 	pool := c.idle[peer]
 	var got []*conn
@@ -206,7 +214,7 @@ func (c *Client) acquire(ctx context.Context, peer string, n int) ([]*conn, erro
 	ch := make(chan res, need)
 	for i := 0; i < need; i++ {
 		go func() {
-			cn, err := c.dial(ctx, peer, n)
+			cn, err := c.dial(ctx, peer, n, onDial)
 			ch <- res{cn, err}
 		}()
 	}
@@ -256,8 +264,9 @@ func (c *Client) learn(peer string, rtt time.Duration, bw float64) {
 	}
 }
 
-// dial opens and primes one connection to peer.
-func (c *Client) dial(ctx context.Context, peer string, share int) (*conn, error) {
+// dial opens and primes one connection to peer. onDial, when set, sees the
+// TCP connection as soon as it is connected, before TLS and priming.
+func (c *Client) dial(ctx context.Context, peer string, share int, onDial func(*net.TCPConn)) (*conn, error) {
 	if c.cfg.TLS == nil {
 		return nil, errors.New("bulk: this side cannot open connections (serving a fetch)")
 	}
@@ -300,22 +309,41 @@ func (c *Client) dial(ctx context.Context, peer string, share int) (*conn, error
 	}
 	wcfg := &wire.Config{Node: c.cfg.Node, Versions: c.cfg.Versions, Mux: mux, Logger: c.log, MaxPayload: MaxBlockSize + 4096}
 	dialer := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var nc net.Conn
+		var err error
 		if c.cfg.Dial != nil {
-			return c.cfg.Dial(ctx, network, addr, control)
+			nc, err = c.cfg.Dial(ctx, network, addr, control)
+		} else {
+			d := net.Dialer{Control: control}
+			nc, err = d.DialContext(ctx, network, addr)
 		}
-		d := net.Dialer{Control: control}
-		return d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		tcp, ok := nc.(*net.TCPConn)
+		if !ok {
+			nc.Close()
+			return nil, errNoTCP
+		}
+		if onDial != nil {
+			onDial(tcp)
+		}
+		return c.monitor(tcp, peer), nil
 	}
 	s, err := wire.Dial(ctx, "tcp", peer, c.cfg.TLS, wcfg, dialer)
 	if err != nil {
 		return nil, err
 	}
-	tcp, ok := s.NetConn().(*net.TCPConn)
-	if !ok {
+	switch nc := s.NetConn().(type) {
+	case *net.TCPConn:
+		cn.tcp = nc
+	case *netdiag.ConnMonitor:
+		cn.tcp, cn.mon = nc.TCPConn(), nc
+	default:
 		s.Close()
 		return nil, errNoTCP
 	}
-	cn.sess, cn.tcp = s, tcp
+	cn.sess = s
 	if err := cn.primeConn(ctx, bw, share, c.cfg.CC); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("priming connection to %s: %w", peer, err)
@@ -323,6 +351,26 @@ func (c *Client) dial(ctx context.Context, peer string, share int) (*conn, error
 	c.log.Debug("connection primed", "peer", peer, "conn", id, "rtt", cn.prime.RTT, "sndbuf", cn.prime.SndBuf,
 		"capped", cn.prime.SndBufCapped, "cwnd_before", cn.prime.CwndBefore, "cwnd_after", cn.prime.CwndAfter)
 	return cn, nil
+}
+
+// monitor wraps tcp in a netdiag.ConnMonitor when the client records
+// diagnostics. It must run before the first byte is written (the TLS
+// handshake), since the monitor counts byte offsets.
+func (c *Client) monitor(tcp *net.TCPConn, peer string) net.Conn {
+	if c.cfg.Diag == nil {
+		return tcp
+	}
+	cfg := c.cfg.DiagConfig
+	if cfg == (netdiag.Config{}) {
+		cfg = netdiag.DefaultConfig()
+	}
+	cfg.Role, cfg.Peer = "bulk-sender", peer
+	m, err := netdiag.NewConnMonitor(tcp, cfg, c.cfg.Diag, c.log)
+	if err != nil {
+		c.log.Warn("network diagnostics off for this connection", "peer", peer, "err", err)
+		return tcp
+	}
+	return m
 }
 
 // newEstimator returns the pacing estimator of a transfer.

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/holdfast/holdfast/internal/netdiag"
 	"github.com/holdfast/holdfast/internal/wire"
 	"golang.org/x/sys/unix"
 )
@@ -66,6 +67,7 @@ type conn struct {
 	peer  string
 	sess  *wire.Session
 	tcp   *net.TCPConn
+	mon   *netdiag.ConnMonitor // nil unless the client records diagnostics
 	prime PrimeStats
 	// lastUsed is when the conn last carried a transfer (unix nanos).
 	lastUsed atomic.Int64

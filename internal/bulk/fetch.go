@@ -42,7 +42,7 @@ func (c *Client) Fetch(ctx context.Context, peer string, srcs []string, dst stri
 		n = min(4, opts.MaxStreams)
 	}
 	pooled := c.Pooled(peer)
-	cs, err := c.acquire(ctx, peer, n)
+	cs, err := c.acquire(ctx, peer, n, opts.OnDial)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", peer, err)
 	}

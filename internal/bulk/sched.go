@@ -37,13 +37,24 @@ type connState struct {
 	lastAck  time.Time
 	rep      ConnReport
 	dead     bool
-	selected bool    // in the current sub-transfer
-	quota    int64   // bytes it may still send in this sub-transfer
-	rate     float64 // acknowledged bytes per second (smoothed)
-	bench    int     // sub-transfers left to sit out
-	benched  int     // times it was left out
-	ackMark  int64   // rep.Bytes when the rate was last measured
+	selected bool          // in the current sub-transfer
+	quota    int64         // bytes it may still send in this sub-transfer
+	rate     float64       // acknowledged bytes per second (smoothed)
+	bench    int           // sub-transfers left to sit out
+	benched  int           // times it was left out
+	ackMark  int64         // rep.Bytes when the rate was last measured
+	accB     int64         // acknowledged bytes not yet in rate
+	accT     time.Duration // time with work not yet in rate
+	measured bool          // rate has been measured at least once
 }
+
+// Rate measurement.
+const (
+	// rateBlocks: a connection's rate is taken over this many blocks...
+	rateBlocks = 4
+	// rateSpan: ...or over this much time with work, whichever comes first.
+	rateSpan = 2 * time.Second
+)
 
 // inflight is a block sent on a connection and not yet acknowledged there.
 type inflight struct {
@@ -61,7 +72,7 @@ func (t *transfer) worker(st *connState) {
 		t.mu.Lock()
 		ref, ok := t.nextLocked(st)
 		for !ok {
-			if st.dead || t.ctx.Err() != nil {
+			if st.dead || t.finished || t.ctx.Err() != nil {
 				t.mu.Unlock()
 				return
 			}
@@ -69,17 +80,46 @@ func (t *transfer) worker(st *connState) {
 			ref, ok = t.nextLocked(st)
 		}
 		st.quota -= int64(blockLen(ref.f.src.Size, t.bs, ref.idx))
+		t.sending++
 		t.mu.Unlock()
-		if err := t.sendBlock(st, ref, buf); err != nil {
+		err := t.sendBlock(st, ref, buf)
+		t.mu.Lock()
+		t.sending--
+		t.cond.Broadcast()
+		t.mu.Unlock()
+		if errors.Is(err, errStopped) {
+			return
+		}
+		if err != nil {
 			t.connFailed(st, []blockRef{ref}, err)
 			return
 		}
 	}
 }
 
+// errStopped: the transfer finished while a block waited for its pacing
+// slot; nothing was written.
+var errStopped = errors.New("bulk: transfer finished")
+
+// stopSending stops workers from taking blocks, ends their pacing waits
+// and waits for sends already under way, so that no frame is cut short on a
+// connection that goes back to the pool.
+func (t *transfer) stopSending() {
+	t.mu.Lock()
+	t.finished = true
+	t.cond.Broadcast()
+	t.mu.Unlock()
+	t.stopSends()
+	t.mu.Lock()
+	for t.sending > 0 {
+		t.cond.Wait()
+	}
+	t.mu.Unlock()
+}
+
 // nextLocked returns the next block st should send, if it may send one now.
 func (t *transfer) nextLocked(st *connState) (blockRef, bool) {
-	if st.dead || t.ctx.Err() != nil || t.fatal != nil || !st.selected || st.quota <= 0 || st.unacked >= t.windowLocked(st) {
+	if st.dead || t.finished || t.ctx.Err() != nil || t.fatal != nil || !st.selected || st.quota <= 0 || st.unacked >= t.windowLocked(st) {
 		return blockRef{}, false
 	}
 	for len(t.queue) > 0 {
@@ -100,7 +140,6 @@ func (t *transfer) endgameLocked(st *connState) (blockRef, bool) {
 	if !t.endgame || st.unacked > 0 {
 		return blockRef{}, false
 	}
-	minAge := max(3*t.rtt, 50*time.Millisecond)
 	now := time.Now()
 	var best *connState
 	var bestID uint64
@@ -109,8 +148,9 @@ func (t *transfer) endgameLocked(st *connState) (blockRef, bool) {
 		if o == st {
 			continue
 		}
+		due := t.dueLocked(o)
 		for id, in := range o.infl {
-			if in.again || in.ref.f.acked[in.ref.idx] || in.ref.f.failed || now.Sub(in.at) < minAge {
+			if in.again || in.ref.f.acked[in.ref.idx] || in.ref.f.failed || now.Sub(in.at) < due {
 				continue
 			}
 			if best == nil || in.at.Before(bestAt) {
@@ -125,7 +165,27 @@ func (t *transfer) endgameLocked(st *connState) (blockRef, bool) {
 	in.again = true
 	best.infl[bestID] = in
 	t.resent++
+	if best.bench == 0 {
+		t.benchLocked(best, "its blocks are late in the endgame")
+	}
 	return in.ref, true
+}
+
+// dueLocked is how long a block may wait for its acknowledgement on st
+// before it counts as late: twice the time st needs to deliver all it
+// holds at its measured rate (the median connection's, before it has one),
+// plus two RTTs. Healthy connections deliver well within it; a late block
+// is copied to another connection.
+func (t *transfer) dueLocked(st *connState) time.Duration {
+	r := t.medRate
+	if st.measured && st.rate > 0 {
+		r = st.rate
+	}
+	d := time.Second
+	if r > 0 {
+		d = time.Duration(2 * float64(max(st.unacked, int64(t.bs))) / r * float64(time.Second))
+	}
+	return d + 2*max(t.rtt, 10*time.Millisecond)
 }
 
 // sendBlock sends one block on st. A source problem fails the file, not
@@ -161,7 +221,10 @@ func (t *transfer) sendBlock(st *connState, ref blockRef, buf []byte) error {
 	h.Msg = t.nextMsg
 	t.mu.Unlock()
 
-	if err := t.pacer.Wait(t.ctx, len(payload)); err != nil {
+	if err := t.pacer.Wait(t.sendCtx, len(payload)); err != nil {
+		if t.ctx.Err() == nil {
+			return errStopped
+		}
 		return err
 	}
 	now := time.Now()
@@ -174,7 +237,14 @@ func (t *transfer) sendBlock(st *connState, ref blockRef, buf []byte) error {
 	if t.opts.Tracer != nil {
 		t.opts.Tracer.Sent(st.c.id, h.Msg, now, len(payload))
 	}
+	mon := st.c.mon
+	if mon != nil {
+		mon.Sent(h.Msg, mon.Offset(), len(payload), now)
+	}
 	err := st.c.sess.Send(t.ctx, MsgBlock, payload)
+	if mon != nil && err == nil {
+		mon.SentEnd(h.Msg) // TLS and framing add bytes: the message ends here
+	}
 	if err == nil {
 		t.mu.Lock()
 		if h.Flags&flagHole != 0 {
@@ -345,6 +415,9 @@ func (t *transfer) onAck(st *connState, a ack) {
 	t.mu.Unlock()
 	if t.opts.Tracer != nil {
 		t.opts.Tracer.Acked(st.c.id, a.Msg, time.Unix(0, a.RecvNano), time.Unix(0, a.WriteNano), now)
+	}
+	if st.c.mon != nil {
+		_ = st.c.mon.Acked(a.Msg, time.Unix(0, a.RecvNano), time.Unix(0, a.WriteNano))
 	}
 }
 
@@ -551,7 +624,7 @@ func (t *transfer) schedule(rep *Report) {
 		live := t.liveLocked(now, stall)
 		if len(live) == 0 {
 			t.mu.Unlock()
-			cs, err := t.cl.acquire(t.ctx, t.peer, 1)
+			cs, err := t.cl.acquire(t.ctx, t.peer, 1, t.opts.OnDial)
 			if err != nil {
 				t.mu.Lock()
 				t.fatal = fmt.Errorf("bulk: every connection to %s was lost and none could be reopened (rerun with --resume): %w", t.peer, err)
@@ -584,7 +657,10 @@ func (t *transfer) schedule(rep *Report) {
 			} else if d := now.Sub(ctl.epoch); d >= epochLen(rtt) || ctl.last == 0 && d >= max(500*time.Millisecond, 5*rtt) {
 				g := float64(t.acked-ctl.acked0) / d.Seconds()
 				q := ctl.epochQueue()
-				k := ctl.step(g, q)
+				k := ctl.k
+				if lim := t.opts.RateLimit; lim <= 0 || g < 0.8*lim {
+					k = ctl.step(g, q) // near --rate-limit more connections cannot help
+				}
 				t.cl.log.Debug("streams auto", "goodput_mbit", g*8/1e6, "queueing", q, "streams", k, "conns", len(live))
 				ctl.epoch, ctl.acked0 = now, t.acked
 				grow = k - len(live)
@@ -597,7 +673,7 @@ func (t *transfer) schedule(rep *Report) {
 		if grow > 0 {
 			adding = true
 			go func(n int) {
-				cs, err := t.cl.acquire(t.ctx, t.peer, n)
+				cs, err := t.cl.acquire(t.ctx, t.peer, n, t.opts.OnDial)
 				if err != nil {
 					t.cl.log.Debug("adding connections", "err", err)
 				}
@@ -675,17 +751,22 @@ func (t *transfer) selectLocked(live []*connState, k int, roundTime time.Duratio
 	if len(cand) > k {
 		cand = cand[:k]
 	}
+	bw := t.est.Bandwidth()
 	for _, st := range cand {
 		st.selected = true
 		st.rep.Rounds++
-		// Twice what it delivered in a round at its measured rate, and
-		// at least its window: the amount bounds a connection that is
-		// slowing down without holding back one that is speeding up.
-		amount := int64(2 * st.rate * roundTime.Seconds())
-		if st.benched > 0 && st.rate == 0 {
-			amount = int64(2 * t.bs) // a probe
-		} else {
-			amount = max(amount, t.windowLocked(st))
+		// The amount: what it could send this round at four times its
+		// measured rate or twice its share of the estimated bandwidth,
+		// and at least its window. It bounds a connection that is slowing
+		// down without holding back one that is speeding up; before
+		// anything is measured there is no bound. A connection coming
+		// back from being left out is probed with two blocks.
+		amount := int64(math.MaxInt64)
+		if st.rate > 0 || bw > 0 {
+			amount = max(int64(4*st.rate*roundTime.Seconds()), int64(2*bw/float64(len(cand))*roundTime.Seconds()), t.windowLocked(st))
+		}
+		if st.benched > 0 && st.rate < slowFactor*bw/float64(len(cand)) {
+			amount = int64(2 * t.bs)
 		}
 		st.quota = amount
 	}
@@ -708,37 +789,72 @@ func (t *transfer) windowLocked(st *connState) int64 {
 	return max(w, 2*int64(t.bs), minWindow)
 }
 
-// measureLocked updates each connection's acknowledged rate over the last
-// sub-transfer (of length d) and leaves out those far slower than the
-// median.
+// measureLocked updates each connection's acknowledged rate after a
+// sub-transfer of length d and leaves out those far slower than the
+// median. A rate is taken over at least rateBlocks blocks (or rateSpan),
+// since acknowledgements arrive a block at a time.
 func (t *transfer) measureLocked(live []*connState, d time.Duration) {
 	var rates []float64
 	for _, st := range live {
 		got := st.rep.Bytes - st.ackMark
 		st.ackMark = st.rep.Bytes
-		if !st.selected && st.unacked == 0 && got == 0 {
-			continue // it had no work: its rate says nothing
+		if st.selected || st.unacked > 0 || got > 0 {
+			st.accB += got
+			st.accT += d // it had work: the time counts
 		}
-		r := float64(got) / d.Seconds()
-		if st.rate == 0 {
-			st.rate = r
-		} else {
-			st.rate = 0.5*st.rate + 0.5*r
+		if st.accB >= int64(rateBlocks*t.bs) || st.accT >= rateSpan {
+			r := float64(st.accB) / st.accT.Seconds()
+			if st.rate == 0 {
+				st.rate = r
+			} else {
+				st.rate = 0.5*st.rate + 0.5*r
+			}
+			st.accB, st.accT = 0, 0
+			st.measured = true
 		}
-		if st.rate > 0 && st.bench == 0 {
+		if st.measured && st.bench == 0 {
 			rates = append(rates, st.rate)
 		}
 	}
-	if len(rates) < 3 || t.endgame {
+	if len(rates) < 2 || t.endgame {
 		return
 	}
 	sort.Float64s(rates)
 	med := rates[len(rates)/2]
+	t.medRate = med
+	now := time.Now()
 	for _, st := range live {
-		if st.bench == 0 && st.selected && st.rate < slowFactor*med {
+		if st.bench > 0 || !st.selected {
+			continue
+		}
+		if st.measured && st.rate < slowFactor*med {
 			t.benchLocked(st, "slower than the others")
+			continue
+		}
+		// A block waiting far longer than the median connection would
+		// take to deliver all st holds marks st as falling behind, even
+		// before its own rate is measured.
+		saved := st.measured
+		st.measured = false
+		late := t.dueLocked(st)
+		st.measured = saved
+		if old := st.oldestLocked(); !old.IsZero() && now.Sub(old) > late {
+			n := t.copyInflightLocked(st)
+			t.benchLocked(st, "its blocks wait far longer than the others'")
+			t.cl.log.Debug("re-sending a lagging connection's blocks elsewhere", "conn", st.c.id, "blocks", n)
 		}
 	}
+}
+
+// oldestLocked returns when st's oldest unacknowledged block was sent.
+func (st *connState) oldestLocked() time.Time {
+	var old time.Time
+	for _, in := range st.infl {
+		if old.IsZero() || in.at.Before(old) {
+			old = in.at
+		}
+	}
+	return old
 }
 
 // benchLocked leaves st out of the next sub-transfers. Its blocks in
@@ -776,9 +892,10 @@ func (t *transfer) updatePacing(sub []*connState) {
 	// kernel's own TCP pacing (at about twice cwnd/RTT in slow start,
 	// 1.2x after), so a message's segments are spread rather than sent
 	// as one window-sized burst into a shallow queue. The cap is twice the
-	// socket's share of the estimate: loose enough that a connection can
-	// grow, while the userspace pacer, which follows the estimator's gain
-	// cycle, bounds the sum.
+	// socket's share of the estimate, and never below the whole estimate
+	// (a block is not spread over more time than the pacer gives it):
+	// loose enough that a connection can grow, while the userspace pacer,
+	// which follows the estimator's gain cycle, bounds the sum.
 	bw := t.est.Bandwidth()
 	if lim := t.opts.RateLimit; lim > 0 && (bw == 0 || bw > lim) {
 		bw = lim
@@ -786,7 +903,7 @@ func (t *transfer) updatePacing(sub []*connState) {
 	if bw <= 0 {
 		bw = r
 	}
-	per := math.Max(bw*2/float64(len(sub)), pace.MinRate)
+	per := math.Max(math.Max(bw*2/float64(len(sub)), bw), pace.MinRate)
 	for _, st := range sub {
 		_ = pace.SetSocketRate(st.c.tcp, per)
 	}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sort"
 	"sync"
 	"time"
 
@@ -68,6 +69,10 @@ type Options struct {
 	// OnConn, when set, is called with each connection the transfer
 	// starts using (for DSCP re-marking, diagnostics).
 	OnConn func(id int, c *net.TCPConn) `json:"-"`
+	// OnDial, when set, is called with each connection dialled for the
+	// transfer as soon as TCP is connected, before TLS and priming, so that
+	// a DSCP mark covers the priming traffic too.
+	OnDial func(c *net.TCPConn) `json:"-"`
 	// Tracer, when set, records every data message sent and acknowledged.
 	Tracer Tracer `json:"-"`
 	// Logger overrides the client's logger for this transfer.
@@ -207,8 +212,13 @@ type transfer struct {
 	commitsClosed bool
 	lastAck       time.Time
 	recvRate      float64
-	endgame       bool          // the queue is empty: idle connections copy late blocks
-	wake          chan struct{} // wakes the scheduler when a file is done or a connection fails
+	endgame       bool    // the queue is empty: idle connections copy late blocks
+	finished      bool    // no more blocks are taken
+	medRate       float64 // median measured connection rate (bytes/s)
+	sending       int     // workers between taking a block and its Send returning
+	stopSends     context.CancelFunc
+	sendCtx       context.Context // ends pacer waits when the transfer finishes
+	wake          chan struct{}   // wakes the scheduler when a file is done or a connection fails
 }
 
 // blockReader reads block idx of a source into buf.
@@ -349,6 +359,8 @@ func (t *transfer) run(ctx context.Context, entries []source, dst string, multi 
 	var cancel context.CancelCauseFunc
 	t.ctx, cancel = context.WithCancelCause(ctx)
 	t.cancel = cancel
+	t.sendCtx, t.stopSends = context.WithCancel(t.ctx)
+	defer t.stopSends()
 	defer cancel(nil)
 
 	// Open the files and find their holes.
@@ -378,7 +390,7 @@ func (t *transfer) run(ctx context.Context, entries []source, dst string, multi 
 	}
 	pooledBefore := t.cl.Pooled(t.peer)
 	t0 := time.Now()
-	cs, err := t.cl.acquire(t.ctx, t.peer, want)
+	cs, err := t.cl.acquire(t.ctx, t.peer, want, t.opts.OnDial)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", t.peer, err)
 	}
@@ -444,6 +456,7 @@ func (t *transfer) run(ctx context.Context, entries []source, dst string, multi 
 	t.schedule(rep)
 	close(t.commits)
 	cwg.Wait()
+	t.stopSending()
 	cancel(nil)
 	pwg.Wait()
 
@@ -516,6 +529,9 @@ func (t *transfer) call(typ wire.MsgType, payload []byte) ([]byte, error) {
 	return nil, lastErr
 }
 
+// liveConns returns the usable connections, the best for a request first:
+// least data waiting in front of it, then fastest (a request sent behind
+// megabytes on a slow connection waits for all of them).
 func (t *transfer) liveConns() []*connState {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -525,6 +541,12 @@ func (t *transfer) liveConns() []*connState {
 			out = append(out, st)
 		}
 	}
+	sort.SliceStable(out, func(a, b int) bool {
+		if out[a].unacked != out[b].unacked {
+			return out[a].unacked < out[b].unacked
+		}
+		return out[a].rate > out[b].rate
+	})
 	return out
 }
 
