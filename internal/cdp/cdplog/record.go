@@ -76,13 +76,17 @@ var ErrCorrupt = errors.New("corrupt log record")
 
 // Validate checks the invariants of a record independent of any volume.
 func (r *Record) Validate() error {
+	if r.Kind == KindWrite && uint64(len(r.Data)) != r.Length {
+		return fmt.Errorf("write record length %d but %d data bytes: %w", r.Length, len(r.Data), ErrCorrupt)
+	}
+	return r.validateMeta()
+}
+
+// validateMeta checks what Validate does except that a write's data is
+// as long as the record says (indexing reads headers without the data).
+func (r *Record) validateMeta() error {
 	switch r.Kind {
-	case KindWrite:
-		if uint64(len(r.Data)) != r.Length {
-			return fmt.Errorf("write record length %d but %d data bytes: %w", r.Length, len(r.Data), ErrCorrupt)
-		}
-		fallthrough
-	case KindZero:
+	case KindWrite, KindZero:
 		if r.Offset%BlockSize != 0 || r.Length%BlockSize != 0 || r.Length == 0 {
 			return fmt.Errorf("record range %d+%d not block aligned: %w", r.Offset, r.Length, ErrCorrupt)
 		}
