@@ -5,8 +5,10 @@
 # answers Range requests, bench/bulk/httpd),
 # rsync to an rsync daemon, and scp. Cubic congestion control everywhere.
 # Usage: bench/bulk/wan.sh   (RATE=200Mbit RTT=100ms LOSS=0.1% SIZE=1G RUNS=3 CAP=40)
-# Rows: holdfast (cubic, --streams auto), holdfast-32 (cubic, 32 streams),
-# holdfast-bbr (--cc bbr). aria2c, rsync and scp copy for at most CAP
+# Rows: holdfast (its defaults: --cc auto, which is bbr here, --streams
+# auto), holdfast-cubic (--cc cubic, --streams auto), holdfast-cubic64
+# (also --max-streams 64; not run unless named in TOOLS). The baselines
+# all use cubic. aria2c, rsync and scp copy for at most CAP
 # seconds (their rate is the bytes that arrived over the time taken).
 # net.core.wmem_max stays as it is (4 MiB here): it caps one socket's send
 # buffer, which alone limits one stream to about wmem_max/RTT.
@@ -21,7 +23,7 @@ head -c "$SIZE" /dev/urandom > "$WORK/src.bin"
 BYTES=$(stat -c %s "$WORK/src.bin")
 mkdir -p "$WORK/recv" "$WORK/www" "$WORK/rsync" "$WORK/scp" "$WORK/aria"
 ln -f "$WORK/src.bin" "$WORK/www/src.bin"
-echo "file: $BYTES bytes, RUNS=$RUNS; holdfast and iperf3 set cubic per socket; aria2c, rsync and scp use the lab hosts' default: $LABCC (allowed here: $(sysctl -n net.ipv4.tcp_allowed_congestion_control))"
+echo "file: $BYTES bytes, RUNS=$RUNS; holdfast chooses its congestion control (auto: bbr) unless --cc cubic; iperf3 sets cubic per socket; aria2c, rsync and scp use the lab hosts' default: $LABCC (allowed here: $(sysctl -n net.ipv4.tcp_allowed_congestion_control))"
 
 $H1 "$HF" serve --state "$WORK/state" --listen $A1:7470 --root "$WORK/recv" 2>"$WORK/serve.log" & PIDS+=($!)
 $H1 iperf3 -s -p 5201 >/dev/null 2>&1 & PIDS+=($!)
@@ -59,10 +61,10 @@ capped() {
 run() { # tool -> prints "seconds goodput_bits_per_s"
 	local t0 t1 s
 	case $1 in
-	holdfast|holdfast-32|holdfast-bbr)
-		local flags=(--cc cubic)
-		[ "$1" = holdfast-32 ] && flags=(--cc cubic --streams 32)
-		[ "$1" = holdfast-bbr ] && flags=(--cc bbr)
+	holdfast|holdfast-cubic|holdfast-cubic64)
+		local flags=()
+		[ "$1" = holdfast-cubic ] && flags=(--cc cubic)
+		[ "$1" = holdfast-cubic64 ] && flags=(--cc cubic --max-streams 64)
 		echo "$1" > "$WORK/lasthf"
 		rm -f "$WORK/recv/dst.bin"; t0=$(now)
 		$H0 "$HF" cp --state "$WORK/state" --no-progress --json "${flags[@]}" "$WORK/src.bin" $A1:7470:/dst.bin > "$WORK/rep.json"
@@ -89,7 +91,7 @@ run() { # tool -> prints "seconds goodput_bits_per_s"
 	python3 -c "import sys; s=float(sys.argv[1]); print(s, $BYTES*8/s)" "$s"
 }
 
-TOOLS="${TOOLS:-holdfast holdfast-32 holdfast-bbr iperf3-P1 iperf3-P8 aria2c rsync scp}"
+TOOLS="${TOOLS:-holdfast holdfast-cubic iperf3-P1 iperf3-P8 aria2c rsync scp}"
 declare -A RATES
 for i in $(seq "$RUNS"); do
 	for tool in $TOOLS; do

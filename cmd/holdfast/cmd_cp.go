@@ -64,7 +64,7 @@ peer sends over the connections this side opens.`,
 	f.StringVar(&o.rateLimit, "rate-limit", "", "cap the rate, e.g. 100Mbit or 20MB (per second)")
 	f.BoolVar(&o.resume, "resume", false, "continue an interrupted copy from its verified blocks")
 	f.IntVar(&o.blockSize, "block-size", bulk.DefaultBlockSize, "block size in bytes (unit of checksums and resume)")
-	f.StringVar(&o.cc, "cc", "cubic", "TCP congestion control: cubic, bbr or reno")
+	f.StringVar(&o.cc, "cc", "auto", "TCP congestion control: auto (bbr when the kernel has it, else the system default), cubic, bbr or reno")
 	f.BoolVar(&o.noPace, "no-pace", false, "do not pace sends")
 	f.BoolVar(&o.fair, "fair", false, "take only one flow's fair share of a shared bottleneck (one connection)")
 	f.BoolVar(&o.noProgress, "no-progress", false, "do not show a progress bar")

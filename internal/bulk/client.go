@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -72,9 +75,9 @@ func (c ClientConfig) Validate() error {
 		return errors.New("bulk: negative assumed bandwidth or idle timeout")
 	}
 	switch c.CC {
-	case "", "cubic", "bbr", "reno":
+	case "", "auto", "cubic", "bbr", "reno":
 	default:
-		return fmt.Errorf("bulk: unknown congestion control %q (want cubic, bbr or reno)", c.CC)
+		return fmt.Errorf("bulk: unknown congestion control %q (want auto, cubic, bbr or reno)", c.CC)
 	}
 	return nil
 }
@@ -115,9 +118,33 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	if cfg.CC == "auto" {
+		cfg.CC = AutoCC()
+		log.Debug("congestion control chosen", "cc", cfg.CC)
+	}
 	c := &Client{cfg: cfg, log: log, idle: map[string][]*conn{}, paths: map[string]pathInfo{}, stop: make(chan struct{})}
 	go c.janitor()
 	return c, nil
+}
+
+// AutoCC is what congestion control "auto" chooses: BBR when this kernel
+// has it and lets this process use it, else the system default (""). On a
+// long path with random loss a loss-based algorithm (cubic, reno) holds
+// each flow to a few Mbit/s, so filling the path takes dozens of flows; BBR
+// paces at its measured bottleneck rate and keeps the path full with a
+// few (docs/BENCHMARKS.md, bulk scenario 1, measures both).
+func AutoCC() string {
+	avail, err := os.ReadFile("/proc/sys/net/ipv4/tcp_available_congestion_control")
+	if err != nil || !slices.Contains(strings.Fields(string(avail)), "bbr") {
+		return ""
+	}
+	// Choosing an algorithm that is not in the allowed list needs
+	// CAP_NET_ADMIN; root has it.
+	allowed, _ := os.ReadFile("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
+	if os.Geteuid() != 0 && !slices.Contains(strings.Fields(string(allowed)), "bbr") {
+		return ""
+	}
+	return "bbr"
 }
 
 // Close closes every pooled connection.

@@ -21,7 +21,7 @@ import (
 // Priming limits.
 const (
 	// pingCount is how many pings measure a connection's RTT.
-	pingCount = 2
+	pingCount = 1
 	// primeMsgSize is the size of one priming message.
 	primeMsgSize = 64 << 10
 	// MaxPrimeBytes bounds the priming traffic of one connection.
@@ -270,6 +270,11 @@ func (c *conn) primeConn(ctx context.Context, bw float64, share int, wantCC stri
 	rtt, err := measureRTT(ctx, c.sess)
 	if err != nil {
 		return err
+	}
+	// The kernel's minimum RTT, sampled during the TLS handshake, leaves
+	// out the scheduling delays an application-level ping includes.
+	if info, err := tcpInfo(c.tcp); err == nil && info.Min_rtt > 0 {
+		rtt = min(rtt, time.Duration(info.Min_rtt)*time.Microsecond)
 	}
 	p := &c.prime
 	p.RTT = rtt

@@ -776,15 +776,22 @@ func (t *transfer) selectLocked(live []*connState, k int, roundTime time.Duratio
 // windowLocked is the most st may have unacknowledged: three RTTs at its
 // measured rate (or twice its primed congestion window, before it has
 // one), and at least two blocks and minWindow, so that the next block is
-// always queued behind the one in flight.
+// always queued behind the one in flight; a connection too slow to
+// deliver a block in four RTTs holds one block.
 func (t *transfer) windowLocked(st *connState) int64 {
 	// The RTT floor covers scheduling delays on a busy host, which a
 	// loopback ping does not see.
 	rtt := max(t.rtt, 10*time.Millisecond)
-	w := int64(3 * st.rate * rtt.Seconds())
-	if st.rate == 0 {
+	if !st.measured {
 		// Before it is measured: twice the window priming opened.
-		w = 2 * st.c.prime.CwndAfter
+		return max(2*st.c.prime.CwndAfter, 2*int64(t.bs), minWindow)
+	}
+	w := int64(3 * st.rate * rtt.Seconds())
+	if int64(4*st.rate*rtt.Seconds()) < int64(t.bs) {
+		// A slow connection (on a lossy path, with many connections)
+		// takes seconds per block: it holds one block at a time rather
+		// than a second one queued behind it.
+		return max(w, int64(t.bs))
 	}
 	return max(w, 2*int64(t.bs), minWindow)
 }
