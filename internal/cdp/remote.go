@@ -29,6 +29,10 @@ type Remote interface {
 	Timeline(ctx context.Context, vol string, q TimelineQuery) (Timeline, error)
 	// Resolve turns a TIME, SEQ or MARK into a point of the remote log.
 	Resolve(ctx context.Context, vol, at string) (Point, error)
+	// WriteBase stores data at off in the base image of the remote log of
+	// vol: the content a restored volume started from, which its own log
+	// does not hold.
+	WriteBase(ctx context.Context, vol string, size, off int64, data []byte) error
 }
 
 // Caller makes request/response calls to another agent; the signature is
@@ -54,10 +58,27 @@ const (
 	// MsgIngest asks the remote to take into its log a backlog of records
 	// that a bulk transfer put in its BacklogDir (see BacklogShipper).
 	MsgIngest uint16 = 0x0805
+	// MsgBase stores a range of the content a volume started from (a
+	// restored volume's restore point) in the remote log's base image.
+	MsgBase uint16 = 0x0806
 )
 
 // MsgTypes lists the message types HandleRemote serves.
-var MsgTypes = []uint16{MsgAppend, MsgFetch, MsgTimeline, MsgResolve, MsgIngest}
+var MsgTypes = []uint16{MsgAppend, MsgFetch, MsgTimeline, MsgResolve, MsgIngest, MsgBase}
+
+// MaxBaseBytes bounds one MsgBase request's data.
+const MaxBaseBytes = 4 << 20
+
+func (r callerRemote) WriteBase(ctx context.Context, vol string, size, off int64, data []byte) error {
+	b := appendName(nil, vol)
+	b = binary.BigEndian.AppendUint64(b, uint64(size))
+	b = binary.BigEndian.AppendUint64(b, uint64(off))
+	b = append(b, data...)
+	if _, err := r.c.Call(ctx, MsgBase, b); err != nil {
+		return fmt.Errorf("remote base of %s at %d: %w", vol, off, err)
+	}
+	return nil
+}
 
 // BacklogShipper is implemented by a Remote that can move a large backlog
 // (after the remote was unreachable, or a new remote for a volume with
@@ -259,6 +280,25 @@ func (m *Manager) HandleRemote(ctx context.Context, msgType uint16, payload []by
 			return nil, err
 		}
 		return binary.BigEndian.AppendUint64(nil, acked), nil
+	case MsgBase:
+		vol, rest, err := readName(payload)
+		if err != nil {
+			return nil, err
+		}
+		if len(rest) < 16 || len(rest)-16 > MaxBaseBytes || (len(rest)-16)%bs != 0 {
+			return nil, fmt.Errorf("base request of %d bytes: %w", len(rest), ErrInvalid)
+		}
+		size := int64(binary.BigEndian.Uint64(rest))
+		off := int64(binary.BigEndian.Uint64(rest[8:]))
+		data := rest[16:]
+		if off < 0 || off%bs != 0 || off+int64(len(data)) > size || off+int64(len(data)) < off {
+			return nil, fmt.Errorf("base range %d+%d of a %d-byte volume: %w", off, len(data), size, ErrInvalid)
+		}
+		rv, err := m.replicaFor(vol, size)
+		if err != nil {
+			return nil, err
+		}
+		return nil, rv.writeBase(off, data)
 	case MsgResolve:
 		var req resolveReq
 		if err := json.Unmarshal(payload, &req); err != nil {
@@ -318,6 +358,22 @@ func (m *Manager) handleAppend(ctx context.Context, payload []byte) ([]byte, err
 		return nil, err
 	}
 	return binary.BigEndian.AppendUint64(nil, acked), nil
+}
+
+// writeBase stores base content of a replica (durable before it returns).
+func (v *Volume) writeBase(off int64, data []byte) error {
+	v.baseMu.Lock()
+	defer v.baseMu.Unlock()
+	if _, err := v.base.WriteAt(data, off); err != nil {
+		return fmt.Errorf("writing replica base: %w", err)
+	}
+	if err := v.base.Sync(); err != nil {
+		return fmt.Errorf("syncing replica base: %w", err)
+	}
+	for b := uint64(off) / bs; b < uint64(off+int64(len(data)))/bs; b++ {
+		v.baseBits.set(b)
+	}
+	return v.baseBits.save(v.path("base.bits"))
 }
 
 func checkShipped(r cdplog.Record, size int64) error {

@@ -2,6 +2,7 @@ package cdp
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -66,6 +67,21 @@ func (v *Volume) shipLoop(ctx context.Context) {
 	v.shipMu.Unlock()
 	bulk, _ := v.remote.(BacklogShipper)
 	var bulkRetry time.Time // bulk failed with the remote up: calls until then
+	// A restored volume started from content its remote does not have:
+	// ship that first (its log alone would restore only the blocks it
+	// wrote itself).
+	for meta := v.getMeta(); meta.RestoredFrom != nil && !meta.BaseShipped; meta = v.getMeta() {
+		err := v.shipBase(ctx)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		v.setShipErr(err)
+		sleepCtx(ctx, backoff)
+		backoff = min(2*backoff, 5*time.Second)
+	}
 	for ctx.Err() == nil {
 		if next < v.log.FirstSeq() {
 			next = v.log.FirstSeq()
@@ -156,6 +172,57 @@ func (v *Volume) shipLoop(ctx context.Context) {
 		}
 		v.settle(acked, head.first)
 	}
+}
+
+// shipBase sends the content a restored volume started from (its base: the
+// restore point, read through to the source until filled) to the remote's
+// base image, skipping zero ranges, and records that in meta.json.
+func (v *Volume) shipBase(ctx context.Context) error {
+	v.bulkActive.Store(true)
+	defer v.bulkActive.Store(false)
+	const chunk = MaxBaseBytes / bs
+	buf := make([]byte, MaxBaseBytes)
+	var sent int64
+	for blk := uint64(0); blk < v.blocks; blk += chunk {
+		n := int(min(chunk, v.blocks-blk))
+		p := buf[:n*bs]
+		if err := v.readBase(ctx, blk, n, p); err != nil {
+			return fmt.Errorf("reading the base of %s at block %d: %w", v.meta.Name, blk, err)
+		}
+		if allZero(p) {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, v.m.cfg.RemoteTimeout)
+		err := v.remote.WriteBase(cctx, v.meta.Name, v.size, int64(blk*bs), p)
+		cancel()
+		if err != nil {
+			return err
+		}
+		sent += int64(len(p))
+	}
+	v.metaMu.Lock()
+	v.meta.BaseShipped = true
+	v.metaMu.Unlock()
+	if err := v.saveMeta(); err != nil {
+		return err
+	}
+	v.logger.Info("shipped the restored content to the remote's base image", "remote", v.meta.Remote, "bytes", sent)
+	return nil
+}
+
+func allZero(p []byte) bool {
+	for len(p) >= 8 {
+		if binary.LittleEndian.Uint64(p) != 0 {
+			return false
+		}
+		p = p[8:]
+	}
+	for _, b := range p {
+		if b != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // bulkRetryAfter is how long a volume ships with calls after a bulk

@@ -297,3 +297,54 @@ func TestRetentionFoldsInTheBackground(t *testing.T) {
 		t.Fatalf("restore of now after folding differs (err %v)", err)
 	}
 }
+
+// TestRestoredVolumeProtectedRemotelyRestoresFromTheRemoteAlone restores a
+// point as a new volume protected by a remote log, writes to it, loses the
+// local site, and restores the new volume from the remote alone: the remote
+// must hold what it started from (its base) as well as its own writes.
+func TestRestoredVolumeProtectedRemotelyRestoresFromTheRemoteAlone(t *testing.T) {
+	needTools(t, "qemu-io", "qemu-img")
+	ctx := context.Background()
+	siteB := startSite(t, testConfig(shortDir(t)), nil)
+	dial, _ := wirePeer(t, siteB.m, "site-b")
+	dirA := shortDir(t)
+	siteA := startSite(t, testConfig(dirA), dial)
+	if _, err := siteA.m.Create(ctx, CreateOptions{Name: "db", Size: testVolSize}); err != nil {
+		t.Fatal(err)
+	}
+	img := make([]byte, testVolSize)
+	for _, o := range patternOps {
+		qemuIO(t, siteA.uri("db"), o.qemu())
+		o.apply(img)
+	}
+	if _, err := siteA.m.Mark(ctx, "db", "point"); err != nil {
+		t.Fatal(err)
+	}
+	qemuIO(t, siteA.uri("db"), "write -P 0x99 0 1M") // after the point: not in the restore
+	if _, err := siteA.m.Restore(ctx, RestoreOptions{Name: "db", At: "point", As: "db2", Remote: "site-b", Mode: ModeAsync}); err != nil {
+		t.Fatal(err)
+	}
+	own := op{cmd: "write", off: 2 << 20, n: 64 << 10, pattern: 0x77}
+	qemuIO(t, siteA.uri("db2"), own.qemu())
+	own.apply(img)
+	if _, err := siteA.m.Mark(ctx, "db2", "own"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "db2 shipped with its base", 10*time.Second, func() bool {
+		in, _ := siteA.m.Get(ctx, "db2")
+		return in.Replication != nil && in.Replication.State == "ok" && in.Replication.ShippedSeq == in.LastSeq && in.LastSeq > 0
+	})
+	exp := filepath.Join(shortDir(t), "exp.img")
+	writeImage(t, exp, img)
+	siteA.stop()
+	if err := os.RemoveAll(dirA); err != nil {
+		t.Fatal(err)
+	}
+	siteA2 := startSite(t, testConfig(shortDir(t)), dial)
+	if _, err := siteA2.m.Restore(ctx, RestoreOptions{Name: "db2", At: "own", As: "back", FromRemote: "site-b"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := qemuCompare(exp, siteA2.uri("back")); err != nil {
+		t.Fatalf("restored volume recovered from the remote alone: %v", err)
+	}
+}

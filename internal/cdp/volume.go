@@ -53,6 +53,9 @@ type volumeMeta struct {
 	// FoldSeq is the last sequence number folded into base.img.
 	FoldSeq uint64 `json:"fold_seq"`
 	Replica bool   `json:"replica,omitempty"`
+	// BaseShipped is set once a restored volume with a remote has shipped
+	// the content it started from to the remote's base image.
+	BaseShipped bool `json:"base_shipped,omitempty"`
 	// NoCDP volumes keep no log (a baseline for benchmarks): no
 	// point-in-time restore, no remote.
 	NoCDP bool `json:"no_cdp,omitempty"`
