@@ -96,6 +96,9 @@ func printInfo(cmd *cobra.Command, in cdp.Info) error {
 	}
 	if r := in.Replication; r != nil {
 		fmt.Fprintf(w, "  replication: %s, shipped %d, lag %d records / %.3fs (p99 %.3fs)", r.State, r.ShippedSeq, r.LagRecords, r.LagSeconds, r.P99Seconds)
+		if r.BulkTransfers > 0 {
+			fmt.Fprintf(w, ", %d backlog(s) of %d bytes in bulk", r.BulkTransfers, r.BulkBytes)
+		}
 		if r.LastError != "" {
 			fmt.Fprintf(w, ", last error: %s", r.LastError)
 		}
