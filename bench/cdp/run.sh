@@ -160,7 +160,7 @@ for _ in $(seq 100); do "$H" status --state "$W/a" --json | grep -q '"connected"
 echo
 echo "replication lag over the lab path (200 Mbit/s, 40 ms RTT), async, ${LAGTIME}s of load"
 printf "%-42s %10s %10s %10s %14s %12s\n" "load" "p50 lag s" "p99 lag s" "max RPO s" "shipped/total" "emu late ms"
-LOADS=${LOADS:-"64k seq writes at 8 MiB/s (67 Mbit/s):64k:8m|64k seq writes at 16 MiB/s (134 Mbit/s):64k:16m|4k rand writes at 2000 IOPS:4k:2000"}
+LOADS=${LOADS:-"64k seq writes at 8 MiB/s (67 Mbit/s):64k:8m|64k seq writes at 16 MiB/s (134 Mbit/s):64k:16m|64k seq writes at 21 MiB/s (176 Mbit/s):64k:21m|4k rand writes at 2000 IOPS:4k:2000"}
 IFS='|' read -r -a LOADLIST <<<"$LOADS"
 for load in "${LOADLIST[@]}"; do
 	IFS=: read -r label bs rate <<<"$load"
