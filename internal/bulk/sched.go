@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"sort"
 	"time"
 
@@ -624,7 +625,7 @@ func (t *transfer) schedule(rep *Report) {
 		live := t.liveLocked(now, stall)
 		if len(live) == 0 {
 			t.mu.Unlock()
-			cs, err := t.cl.acquire(t.ctx, t.peer, 1, t.opts.OnDial)
+			cs, err := t.cl.acquire(t.ctx, t.peer, 1, t.onDial)
 			if err != nil {
 				t.mu.Lock()
 				t.fatal = fmt.Errorf("bulk: every connection to %s was lost and none could be reopened (rerun with --resume): %w", t.peer, err)
@@ -673,7 +674,7 @@ func (t *transfer) schedule(rep *Report) {
 		if grow > 0 {
 			adding = true
 			go func(n int) {
-				cs, err := t.cl.acquire(t.ctx, t.peer, n, t.opts.OnDial)
+				cs, err := t.cl.acquire(t.ctx, t.peer, n, t.onDial)
 				if err != nil {
 					t.cl.log.Debug("adding connections", "err", err)
 				}
@@ -874,6 +875,24 @@ func (t *transfer) benchLocked(st *connState, why string) {
 	st.selected = false
 	t.cl.log.Debug("connection left out of the next sub-transfers",
 		"conn", st.c.id, "why", why, "rate", st.rate, "unacked", st.unacked)
+}
+
+// kernelPacingOn is the SO_MAX_PACING_RATE set on a connection as soon as
+// it connects: high enough never to bind, it turns on the kernel's own TCP
+// pacing (which the kernel enables for any finite cap), so that even the
+// priming traffic and the first window leave spread at TCP's own rate
+// (about twice cwnd/RTT in slow start) rather than in line-rate bursts.
+const kernelPacingOn = 1 << 40
+
+// onDial prepares a connection dialled for this transfer before TLS and
+// priming: kernel pacing unless pacing is off, then the caller's OnDial.
+func (t *transfer) onDial(c *net.TCPConn) {
+	if !t.opts.NoPace {
+		_ = pace.SetSocketRate(c, kernelPacingOn)
+	}
+	if t.opts.OnDial != nil {
+		t.opts.OnDial(c)
+	}
 }
 
 // updatePacing re-estimates the bandwidth and sets the userspace pacer and
