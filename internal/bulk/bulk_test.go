@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"golang.org/x/sys/unix"
 	"io"
 	"log/slog"
 	"net"
@@ -124,6 +125,17 @@ func TestSendTree(t *testing.T) {
 	os.Chtimes(filepath.Join(src, "small"), old, old)
 	os.Chmod(filepath.Join(src, "sub"), 0o750)
 	os.Chtimes(filepath.Join(src, "sub"), old, old)
+	linkTime := time.Date(2021, 6, 7, 8, 9, 10, 0, time.UTC)
+	ts := []unix.Timespec{unix.NsecToTimespec(linkTime.UnixNano()), unix.NsecToTimespec(linkTime.UnixNano())}
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, filepath.Join(src, "link"), ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		t.Fatal(err)
+	}
+	root := os.Geteuid() == 0
+	if root { // owners travel when the receiver runs as root
+		os.Lchown(filepath.Join(src, "small"), 1234, 2345)
+		os.Lchown(filepath.Join(src, "sub"), 1235, 2346)
+		os.Lchown(filepath.Join(src, "link"), 1236, 2347)
+	}
 
 	rep, err := p.client.SendFiles(context.Background(), p.addr, []string{src}, "/copy", Options{Recursive: true, BlockSize: 256 << 10, Streams: 3})
 	if err != nil {
@@ -141,6 +153,17 @@ func TestSendTree(t *testing.T) {
 	}
 	if l, err := os.Readlink(filepath.Join(dst, "link")); err != nil || l != "sub/one-block" {
 		t.Errorf("link: %q %v", l, err)
+	}
+	if fi, err := os.Lstat(filepath.Join(dst, "link")); err != nil || !fi.ModTime().Equal(linkTime) {
+		t.Errorf("link's own mtime: %v (%v), want %v", fi.ModTime(), err, linkTime)
+	}
+	if root {
+		for name, want := range map[string][2]uint32{"small": {1234, 2345}, "sub": {1235, 2346}, "link": {1236, 2347}} {
+			var st unix.Stat_t
+			if err := unix.Lstat(filepath.Join(dst, name), &st); err != nil || st.Uid != want[0] || st.Gid != want[1] {
+				t.Errorf("%s owned by %d:%d (%v), want %d:%d", name, st.Uid, st.Gid, err, want[0], want[1])
+			}
+		}
 	}
 	if l, err := os.Readlink(filepath.Join(dst, "sub", "dangling")); err != nil || l != "/nonexistent/abs" {
 		t.Errorf("dangling link: %q %v", l, err)

@@ -82,6 +82,8 @@ func statSource(p, rel string) (*source, error) {
 	s.Path = rel
 	s.Mode = st.Mode & 0o7777
 	s.MTime = st.Mtim.Nano()
+	uid, gid := st.Uid, st.Gid
+	s.UID, s.GID = &uid, &gid
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFREG:
 		s.Type = TypeFile

@@ -202,6 +202,10 @@ type Entry struct {
 	MTime  int64     `json:"mtime_ns"`
 	Size   int64     `json:"size,omitempty"`
 	Target string    `json:"target,omitempty"` // symlink target
+	// UID and GID are the source's owner; a receiver running as root
+	// gives the copy the same owner (like rsync -a), others ignore them.
+	UID *uint32 `json:"uid,omitempty"`
+	GID *uint32 `json:"gid,omitempty"`
 }
 
 // beginReq opens a transfer on the receiver.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -533,6 +534,11 @@ func (s *Service) handleCommit(ctx context.Context, req *wire.Request) ([]byte, 
 	if got := fileHash(f.entry.Size, t.bs, f.sums); got != cr.Hash {
 		return nil, fmt.Errorf("bulk: %s: end-to-end hash mismatch (stored %x, source %x)", f.target, got[:8], cr.Hash[:8])
 	}
+	if uid, gid, ok := owner(f.entry); ok {
+		if err := f.part.Chown(uid, gid); err != nil {
+			return nil, fmt.Errorf("bulk: %s: setting owner: %w", f.target, err)
+		}
+	}
 	if err := f.part.Chmod(fs.FileMode(f.entry.Mode & 0o777)); err != nil {
 		return nil, fmt.Errorf("bulk: %s: setting mode: %w", f.target, err)
 	}
@@ -562,6 +568,28 @@ func (s *Service) handleCommit(ctx context.Context, req *wire.Request) ([]byte, 
 	_ = s.root.Remove(f.jrnlRel)
 	f.finished = true
 	return nil, nil
+}
+
+// owner returns the owner to give a copy of e: only a receiver running as
+// root can, and only when the sender said who owns the source.
+func owner(e Entry) (uid, gid int, ok bool) {
+	if e.UID == nil || e.GID == nil || os.Geteuid() != 0 {
+		return 0, 0, false
+	}
+	return int(*e.UID), int(*e.GID), true
+}
+
+// lchtimes sets the modification time of name under root without following
+// it if it is a symlink (os.Root has no Lchtimes): the parent directory is
+// opened through root, so the change cannot escape it.
+func lchtimes(root *os.Root, name string, mt time.Time) error {
+	dir, err := root.Open(path.Dir(name))
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	ts := []unix.Timespec{unix.NsecToTimespec(mt.UnixNano()), unix.NsecToTimespec(mt.UnixNano())}
+	return unix.UtimesNanoAt(int(dir.Fd()), path.Base(name), ts, unix.AT_SYMLINK_NOFOLLOW)
 }
 
 func modeExtra(m uint32) fs.FileMode {
@@ -608,6 +636,14 @@ func (s *Service) handleEnd(ctx context.Context, req *wire.Request) ([]byte, err
 			errs = append(errs, fmt.Errorf("creating symlink %s: %w", t.targets[i], err))
 			continue
 		}
+		if uid, gid, ok := owner(e); ok {
+			if err := s.root.Lchown(tmp, uid, gid); err != nil {
+				errs = append(errs, fmt.Errorf("setting owner of symlink %s: %w", t.targets[i], err))
+			}
+		}
+		if err := lchtimes(s.root, tmp, time.Unix(0, e.MTime)); err != nil {
+			errs = append(errs, fmt.Errorf("setting mtime of symlink %s: %w", t.targets[i], err))
+		}
 		if err := s.root.Rename(tmp, t.targets[i]); err != nil {
 			errs = append(errs, fmt.Errorf("placing symlink %s: %w", t.targets[i], err))
 		}
@@ -625,6 +661,11 @@ func (s *Service) handleEnd(ctx context.Context, req *wire.Request) ([]byte, err
 	})
 	for _, i := range dirs {
 		e := t.entries[i]
+		if uid, gid, ok := owner(e); ok {
+			if err := s.root.Lchown(t.targets[i], uid, gid); err != nil {
+				errs = append(errs, fmt.Errorf("setting owner of %s: %w", t.targets[i], err))
+			}
+		}
 		if err := s.root.Chmod(t.targets[i], fs.FileMode(e.Mode&0o777)|modeExtra(e.Mode)); err != nil {
 			errs = append(errs, fmt.Errorf("setting mode of %s: %w", t.targets[i], err))
 		}
