@@ -10,8 +10,18 @@ machine
 lab_up bkprm "rate $RATE, rtt $RTT, loss $LOSS"
 head -c "$SIZE" /dev/urandom > "$WORK/src.bin"
 mkdir -p "$WORK/recv"
-echo "file: $(stat -c %s "$WORK/src.bin") bytes, 4 connections, cubic, RUNS=$RUNS"
+CCS=${CCS:-auto cubic}
+echo "file: $(stat -c %s "$WORK/src.bin") bytes, 4 connections, RUNS=$RUNS, congestion control: $CCS"
 $H1 "$HF" serve --state "$WORK/state" --listen $A1:7470 --root "$WORK/recv" 2>"$WORK/serve.log" & PIDS+=($!)
 sleep 1
-$H0 "$WORK/prime" -state "$WORK/state" -peer $A1:7470 -src "$WORK/src.bin" -runs "$RUNS" -streams 4
-cmp -s "$WORK/src.bin" "$WORK/recv/prime-pooled.bin" && echo "(both copies verified)"
+# The kernel restarts an idle connection's window (net.ipv4.tcp_slow_start_after_idle,
+# per namespace, 1 by default): a pool keeps its windows only with it at 0.
+for ssai in 1 0; do
+	$H0 sysctl -qw net.ipv4.tcp_slow_start_after_idle=$ssai
+	for cc in $CCS; do
+		echo
+		echo "## sender's tcp_slow_start_after_idle=$ssai, --cc $cc"
+		$H0 "$WORK/prime" -state "$WORK/state" -peer $A1:7470 -src "$WORK/src.bin" -runs "$RUNS" -streams 4 -cc "$cc"
+		cmp -s "$WORK/src.bin" "$WORK/recv/prime-pooled.bin" && echo "(both copies verified)"
+	done
+done

@@ -24,6 +24,7 @@ func main() {
 	src := flag.String("src", "", "file to send")
 	runs := flag.Int("runs", 5, "runs")
 	streams := flag.Int("streams", 4, "connections")
+	cc := flag.String("cc", "auto", "congestion control (auto, cubic, bbr, reno)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	id, err := cluster.Load(*state)
@@ -35,7 +36,7 @@ func main() {
 	var fresh, primed, nopool []float64
 	var prime time.Duration
 	for i := 0; i < *runs; i++ {
-		cl, err := bulk.NewClient(bulk.ClientConfig{TLS: id.ClientTLS(log), Node: id.Name, CC: "cubic", Logger: log})
+		cl, err := bulk.NewClient(bulk.ClientConfig{TLS: id.ClientTLS(log), Node: id.Name, CC: *cc, Logger: log})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
