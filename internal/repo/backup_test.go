@@ -1,6 +1,7 @@
 package repo
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -108,5 +109,45 @@ func TestBackupRefusesOwnRepository(t *testing.T) {
 		if err != nil || string(b) != "a document\n" {
 			t.Fatalf("restored a.txt = %q, %v", b, err)
 		}
+	}
+}
+
+// TestBlobFraming checks how blobs are framed inside the encryption: zstd
+// frames without their magic number (4 bytes less than a whole frame),
+// incompressible data raw, and blobs written with whole frames (before the
+// magic number was dropped) still decoded by both decoders.
+func TestBlobFraming(t *testing.T) {
+	r, _ := newTestRepo(t)
+	text := bytes.Repeat([]byte("the same line of text, again and again\n"), 500)
+	random := randBytes(newRand(7), 20000)
+	for _, tc := range []struct {
+		name  string
+		plain []byte
+		frame byte
+	}{{"compressible", text, frameZstdBare}, {"incompressible", random, frameRaw}} {
+		bp, enc := r.sealBlob(tc.plain)
+		framed, err := r.crypt.open(nil, enc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if framed[0] != tc.frame {
+			t.Fatalf("%s: frame %d, want %d", tc.name, framed[0], tc.frame)
+		}
+		whole := r.enc.EncodeAll(tc.plain, nil)
+		if tc.frame == frameZstdBare && (len(framed) != 1+len(whole)-4 || bytes.HasPrefix(framed[1:], zstdMagic[:])) {
+			t.Fatalf("%s: %d framed bytes, want a %d-byte frame less its magic number", tc.name, len(framed), len(whole))
+		}
+		for _, c := range [][]byte{enc, r.crypt.seal(nil, append([]byte{frameZstd}, whole...))} {
+			got, err := r.decodeObject(c, len(tc.plain))
+			if err != nil || !bytes.Equal(got, tc.plain) {
+				t.Fatalf("%s: decodeObject: %v", tc.name, err)
+			}
+			obp, got, err := r.openBlob(append([]byte(nil), c...), len(tc.plain))
+			if err != nil || !bytes.Equal(got, tc.plain) {
+				t.Fatalf("%s: openBlob: %v", tc.name, err)
+			}
+			putBuf(obp)
+		}
+		putBuf(bp)
 	}
 }

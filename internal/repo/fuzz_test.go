@@ -136,11 +136,16 @@ func FuzzDecodeObject(f *testing.F) {
 	f.Add(r.encodeObject(bytes.Repeat([]byte("abc"), 100)), false)
 	f.Add([]byte{1, 0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0}, true)
 	f.Add([]byte{0}, true)
+	f.Add([]byte{2, 0x24, 0x19, 0, 0, 0}, true)
 	f.Fuzz(func(t *testing.T, b []byte, sealed bool) {
 		if sealed {
-			// Authentic ciphertext around arbitrary framing and payload.
+			// Authentic ciphertext around arbitrary framing and payload,
+			// through both decoders (restore's decodes in place).
 			r.decodeObject(r.crypt.seal(nil, b), -1)
 			r.decodeObject(r.crypt.seal(nil, b), 1000)
+			if bp, _, err := r.openBlob(r.crypt.seal(nil, b), 1000); err == nil {
+				putBuf(bp)
+			}
 			return
 		}
 		if _, err := r.decodeObject(b, -1); err == nil && len(b) < Overhead {

@@ -326,7 +326,13 @@ func (r *Repository) blobID(data []byte) ID {
 const (
 	frameRaw  = 0
 	frameZstd = 1
+	// frameZstdBare is a zstd frame without its 4-byte magic number, which
+	// every blob would otherwise repeat (data and tree blobs use it).
+	frameZstdBare = 2
 )
+
+// zstdMagic starts every zstd frame.
+var zstdMagic = [4]byte{0x28, 0xb5, 0x2f, 0xfd}
 
 // encodeObject frames (compressing when it helps) and encrypts plain.
 func (r *Repository) encodeObject(plain []byte) []byte {
@@ -354,12 +360,18 @@ func (r *Repository) frameInto(buf, plain []byte) []byte {
 func (r *Repository) sealBlob(plain []byte) (*[]byte, []byte) {
 	bp := getBuf(nonceSize + 1 + len(plain) + tagSize)
 	buf := (*bp)[:nonceSize+1]
-	buf[nonceSize] = frameZstd
+	buf[nonceSize] = frameZstdBare
 	var out []byte
 	if r.cfg.Compression == "off" {
 		out = buf[:nonceSize] // store raw below
 	} else {
 		out = r.enc.EncodeAll(plain, buf)
+		if len(out) >= nonceSize+1+len(zstdMagic) && [4]byte(out[nonceSize+1:]) == zstdMagic {
+			// Drop the magic number.
+			out = append(out[:nonceSize+1], out[nonceSize+1+len(zstdMagic):]...)
+		} else {
+			out = buf[:nonceSize] // not a frame we know: store raw
+		}
 	}
 	if len(out) <= nonceSize || len(out)-nonceSize-1 >= len(plain) || cap(out) != cap(buf) {
 		// Not smaller (or it outgrew the buffer): store raw.
@@ -395,8 +407,15 @@ func (r *Repository) openBlob(enc []byte, rawLen int) (*[]byte, []byte, error) {
 		}
 		out := append((*bp)[:0], plain[1:]...)
 		return bp, out, nil
-	case frameZstd:
-		out, err := r.dec.DecodeAll(plain[1:], (*bp)[:0])
+	case frameZstd, frameZstdBare:
+		frame := plain[1:]
+		if plain[0] == frameZstdBare {
+			// Put the magic number back in front of the frame, over the
+			// frame byte and the end of the nonce (enc is not used again).
+			frame = enc[nonceSize+1-len(zstdMagic) : nonceSize+len(plain)]
+			copy(frame, zstdMagic[:])
+		}
+		out, err := r.dec.DecodeAll(frame, (*bp)[:0])
 		if err != nil {
 			putBuf(bp)
 			return nil, nil, fmt.Errorf("decompressing: %w", err)
@@ -432,12 +451,16 @@ func (r *Repository) unframe(plain []byte, rawLen int) ([]byte, error) {
 			return nil, fmt.Errorf("object length %d, want %d", len(out), rawLen)
 		}
 		return out, nil
-	case frameZstd:
+	case frameZstd, frameZstdBare:
 		var dst []byte
 		if rawLen >= 0 {
 			dst = make([]byte, 0, rawLen)
 		}
-		out, err := r.dec.DecodeAll(plain[1:], dst)
+		frame := plain[1:]
+		if plain[0] == frameZstdBare {
+			frame = append(zstdMagic[:len(zstdMagic):len(zstdMagic)], frame...)
+		}
+		out, err := r.dec.DecodeAll(frame, dst)
 		if err != nil {
 			return nil, fmt.Errorf("decompressing: %w", err)
 		}
