@@ -658,6 +658,14 @@ func (t *transfer) schedule(rep *Report) {
 			} else if d := now.Sub(ctl.epoch); d >= epochLen(rtt) || ctl.last == 0 && d >= max(500*time.Millisecond, 5*rtt) {
 				g := float64(t.acked-ctl.acked0) / d.Seconds()
 				q := ctl.epochQueue()
+				if t.cl.cfg.CC == "bbr" {
+					// BBR finds the bottleneck rate per flow and keeps
+					// little queue even when the path is full, so a low
+					// queueing delay does not mean room: only a goodput
+					// gain justifies more flows (each one more probing
+					// above the path's rate adds drops).
+					q = -1
+				}
 				k := ctl.k
 				if lim := t.opts.RateLimit; lim <= 0 || g < 0.8*lim {
 					k = ctl.step(g, q) // near --rate-limit more connections cannot help
