@@ -67,6 +67,12 @@ func (v *Volume) shipLoop(ctx context.Context) {
 	v.shipMu.Unlock()
 	bulk, _ := v.remote.(BacklogShipper)
 	var bulkRetry time.Time // bulk failed with the remote up: calls until then
+	// The bulk transfer is for catching up: with the backlog left by an
+	// outage of the remote, or found when the volume opens. A backlog that
+	// builds up while shipments flow (a write rate near the path's
+	// capacity) keeps streaming: a bulk transfer would stop the stream for
+	// its setup and the remote's ingest, and fall further behind.
+	catchingUp := true
 	// A restored volume started from content its remote does not have:
 	// ship that first (its log alone would restore only the blocks it
 	// wrote itself).
@@ -86,7 +92,7 @@ func (v *Volume) shipLoop(ctx context.Context) {
 		if next < v.log.FirstSeq() {
 			next = v.log.FirstSeq()
 		}
-		if bulk != nil && len(queue) == 0 && time.Now().After(bulkRetry) && next <= v.applied.Load() &&
+		if bulk != nil && catchingUp && len(queue) == 0 && time.Now().After(bulkRetry) && next <= v.applied.Load() &&
 			v.log.BytesFrom(next) >= v.m.cfg.BulkBacklogBytes {
 			acked, err := v.shipBulk(ctx, bulk, next)
 			switch {
@@ -98,6 +104,7 @@ func (v *Volume) shipLoop(ctx context.Context) {
 				return
 			case errors.Is(err, ErrUnreachable):
 				v.setShipErr(err)
+				catchingUp = true
 				sleepCtx(ctx, backoff)
 				backoff = min(2*backoff, 5*time.Second)
 			default:
@@ -154,6 +161,7 @@ func (v *Volume) shipLoop(ctx context.Context) {
 				shipped = hi
 			}
 			v.setShipErr(r.err)
+			catchingUp = true
 			next = shipped + 1
 			sleepCtx(ctx, backoff)
 			backoff = min(2*backoff, 5*time.Second)
@@ -171,6 +179,9 @@ func (v *Volume) shipLoop(ctx context.Context) {
 			next = acked + 1
 		}
 		v.settle(acked, head.first)
+		if catchingUp && v.log.BytesFrom(acked+1) < v.m.cfg.BulkBacklogBytes {
+			catchingUp = false
+		}
 	}
 }
 

@@ -99,7 +99,9 @@ type agentRemote struct {
 // ShipBacklog implements BacklogShipper: the span goes to the peer's bulk
 // transfer service over primed connections, then the peer ingests it.
 func (r agentRemote) ShipBacklog(ctx context.Context, vol string, size int64, sp *cdplog.Span) (uint64, error) {
-	sess, err := r.s.a.Session(ctx, r.peer)
+	sctx, cancel := context.WithTimeout(ctx, r.s.m.cfg.RemoteTimeout)
+	sess, err := r.s.a.Session(sctx, r.peer)
+	cancel()
 	if err != nil {
 		return 0, fmt.Errorf("%w: %s: %w", ErrUnreachable, r.peer, err)
 	}
