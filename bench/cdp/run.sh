@@ -149,7 +149,8 @@ sleep 1
 # volumes ship their CDP log to b over the agents' mTLS wire sessions.
 "$H" cluster init --state "$W/b" --name b --listen 198.18.0.2:7440 >/dev/null
 ip netns exec hflab-$LAB-h1 "$H" agent --state "$W/b" --log-level warn 2>"$W/b.log" &
-PIDS+=($!)
+BPID=$!
+PIDS+=($BPID)
 for _ in $(seq 100); do [ -S "$W/b/agent.sock" ] && break; sleep 0.1; done
 TOKEN=$("$H" cluster token --state "$W/b")
 ip netns exec hflab-$LAB-h0 "$H" cluster join 198.18.0.2:7440 --token "$TOKEN" --state "$W/a" --name a --listen 198.18.0.1:7440 >/dev/null
@@ -206,3 +207,31 @@ import json, sys
 i = json.load(sys.stdin); r = i["replication"]
 print("%-42s %10.3f %10.3f %10.3f %14s %12s" % (sys.argv[1], r["lag_p50_seconds"], r["lag_p99_seconds"], float(sys.argv[2]), "%d/%d" % (r["shipped_seq"], i["last_seq"]), sys.argv[3]))' "$label" "$maxrpo" "$late"
 done
+
+# --- catching up after an outage of the remote ------------------------------------
+# b is killed, BACKLOG MiB are written on a, b is started again: the backlog
+# goes with the bulk transfer; the table gives how long a took to be caught
+# up and the rate that is of the path.
+BACKLOG=${BACKLOG:-256}
+vol=catchup$RANDOM
+"$H" volume create $vol --size $SIZE --remote b --async --state "$W/a" >/dev/null
+kill -9 $BPID 2>/dev/null || true
+wait $BPID 2>/dev/null || true
+qemu-io -f raw -c "write -P 0x5a 0 ${BACKLOG}M" "nbd+unix:///$vol?socket=$W/a/nbd.sock" >/dev/null
+ip netns exec hflab-$LAB-h1 "$H" agent --state "$W/b" --log-level warn 2>>"$W/b.log" &
+BPID=$!
+PIDS+=($BPID)
+t0=$(date +%s.%N)
+for _ in $(seq 1200); do
+	"$H" volume info $vol --state "$W/a" --json | python3 -c 'import json,sys; i=json.load(sys.stdin); sys.exit(0 if i["replication"]["shipped_seq"] == i["last_seq"] and i["last_seq"] > 0 else 1)' && break
+	sleep 0.1
+done
+t1=$(date +%s.%N)
+echo
+echo "catching up after an outage of the remote (lab path 200 Mbit/s, 40 ms RTT)"
+"$H" volume info $vol --state "$W/a" --json | python3 -c '
+import json, sys
+i = json.load(sys.stdin); r = i["replication"]; secs = float(sys.argv[2]) - float(sys.argv[1])
+print("backlog %d MiB: caught up %.1f s after the remote agent started (%.0f Mbit/s of log; %d bulk transfer(s), %d MiB)" % (
+    int(sys.argv[3]), secs, i["log_bytes"] * 8 / secs / 1e6, r["bulk_transfers"], r["bulk_bytes"] >> 20))' "$t0" "$t1" "$BACKLOG"
+
