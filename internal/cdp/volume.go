@@ -284,6 +284,11 @@ func (v *Volume) replay() error {
 func (v *Volume) applyPending() (int, error) {
 	v.applyMu.Lock()
 	defer v.applyMu.Unlock()
+	return v.applyPendingLocked()
+}
+
+// applyPendingLocked is applyPending with applyMu held.
+func (v *Volume) applyPendingLocked() (int, error) {
 	n := 0
 	var metas []cdplog.Meta
 	for {
@@ -334,6 +339,35 @@ func (v *Volume) applyPending() (int, error) {
 	}
 }
 
+// inlineApply says whether the records of this volume are applied as they
+// are logged: when every write stays in the log, applying one only marks
+// its blocks (or punches a hole), cheaper than waking the applier.
+func (v *Volume) inlineApply() bool {
+	return v.lazy != nil && v.m.cfg.LazyApplyBytes > 0 && v.m.cfg.LazyApplyBytes <= bs
+}
+
+// applyNow applies what was just logged at once (inlineApply), else
+// wakes the applier when enough is pending. The caller holds v.wmu, so
+// records are applied in order.
+func (v *Volume) applyNow() {
+	if !v.inlineApply() {
+		v.kickApply()
+		return
+	}
+	if v.applyMu.TryLock() {
+		_, err := v.applyPendingLocked()
+		v.applyMu.Unlock()
+		if err == nil {
+			return
+		}
+	}
+	// The applier runs (replay, close) or failed: it takes over.
+	select {
+	case v.applyKick <- struct{}{}:
+	default:
+	}
+}
+
 // isLazy says whether a write of n bytes stays in the log only.
 func (v *Volume) isLazy(n uint64) bool {
 	return v.lazy != nil && v.m.cfg.LazyApplyBytes > 0 && n >= uint64(v.m.cfg.LazyApplyBytes)
@@ -377,13 +411,21 @@ const (
 func (v *Volume) applyLoop(ctx context.Context) {
 	tick := time.NewTicker(applyTick)
 	defer tick.Stop()
+	if v.inlineApply() {
+		tick.Stop() // writes apply themselves; the applier takes over on a kick
+	}
 	failing := false
 	for {
-		select {
-		case <-ctx.Done():
+		if !failing { // a failed apply is retried without waiting for a kick
+			select {
+			case <-ctx.Done():
+				return
+			case <-v.applyKick:
+			case <-tick.C:
+			}
+		}
+		if ctx.Err() != nil {
 			return
-		case <-v.applyKick:
-		case <-tick.C:
 		}
 		if _, err := v.applyPending(); err != nil {
 			if !failing {
@@ -748,7 +790,7 @@ func (v *Volume) writeLocked(ctx context.Context, p []byte, off int64) (uint64, 
 	}
 	if v.asyncApply {
 		v.applied.Store(seq)
-		v.kickApply()
+		v.applyNow()
 		return seq, nil
 	}
 	if _, err := v.data.WriteAt(buf, a); err != nil {
@@ -798,7 +840,7 @@ func (v *Volume) WriteBatch(ctx context.Context, reqs []nbd.WriteRequest) []erro
 	err := v.log.AppendBatch(recs)
 	if err == nil {
 		v.applied.Store(recs[len(recs)-1].Seq)
-		v.kickApply()
+		v.applyNow()
 	}
 	v.wmu.Unlock()
 	if err != nil {
@@ -952,7 +994,7 @@ func (v *Volume) Zero(ctx context.Context, off, n int64, fua bool) error {
 			seq, err = v.log.Append(&rec)
 			if err == nil && v.asyncApply {
 				v.applied.Store(seq)
-				v.kickApply()
+				v.applyNow()
 			} else if err == nil {
 				if err = zeroFile(v.data, a, e-a); err != nil {
 					v.log.Unappend(seq)
@@ -1008,7 +1050,7 @@ func (v *Volume) appendPoint(kind cdplog.Kind, data []byte) (uint64, error) {
 	}
 	v.applied.Store(seq)
 	if v.asyncApply {
-		v.kickApply()
+		v.applyNow()
 	} else {
 		v.dataApplied.Store(seq)
 	}
