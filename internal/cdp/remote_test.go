@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -82,7 +84,10 @@ func FuzzHandleRemote(f *testing.F) {
 	f.Add(MsgFetch, binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint64(appendName(nil, "v"), 0), 4096), 1))
 	f.Add(MsgTimeline, []byte(`{"volume":"v","query":{"limit":3}}`))
 	f.Add(MsgResolve, []byte(`{"volume":"v","at":"now"}`))
+	f.Add(MsgIngest, []byte(`{"volume":"v","size":1048576,"first":1,"last":1}`))
+	f.Add(MsgBase, append(binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(appendName(nil, "v"), 1<<20), 4096), make([]byte, 4096)...))
 	cfg := DefaultConfig(f.TempDir())
+	cfg.BacklogDir = f.TempDir()
 	m, err := New(context.Background(), cfg, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		f.Fatal(err)
@@ -108,3 +113,50 @@ func FuzzHandleRemote(f *testing.F) {
 		}
 	})
 }
+
+// TestIngestChecksTheBacklog hands the remote a backlog file (as a bulk
+// transfer leaves it) with a damaged record: the ingest is refused and the
+// remote log keeps nothing of it; the intact file is taken whole and
+// removed.
+func TestIngestChecksTheBacklog(t *testing.T) {
+	cfg := testConfig(shortDir(t))
+	cfg.BacklogDir = shortDir(t)
+	s := startSite(t, cfg, nil)
+	var enc []byte
+	for i := uint64(1); i <= 3; i++ {
+		r := cdplog.Record{Seq: i, Time: time.Unix(int64(i), 0), Kind: cdplog.KindWrite, Offset: (i - 1) * 4096, Length: 4096, Data: bytes.Repeat([]byte{byte(i)}, 4096)}
+		enc = r.AppendBinary(enc)
+	}
+	file := filepath.Join(cfg.BacklogDir, BacklogFile("v", 1, 3))
+	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	caller := CallerFunc(s.m.HandleRemote)
+	bad := append([]byte(nil), enc...)
+	bad[len(bad)/2] ^= 1
+	if err := os.WriteFile(file, bad, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Ingest(context.Background(), caller, "v", 1<<20, 1, 3); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("damaged backlog: %v, want ErrInvalid", err)
+	}
+	if rv, err := s.m.replica("v"); err == nil && rv.log.NextSeq() != 1 {
+		t.Fatalf("the remote log took %d records of a damaged backlog", rv.log.NextSeq()-1)
+	}
+	if err := os.WriteFile(file, enc, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	acked, err := Ingest(context.Background(), caller, "v", 1<<20, 1, 3)
+	if err != nil || acked != 3 {
+		t.Fatalf("intact backlog: acked %d, %v", acked, err)
+	}
+	if _, err := os.Stat(file); !os.IsNotExist(err) {
+		t.Fatalf("backlog file left after ingest: %v", err)
+	}
+	rv, _ := s.m.replica("v")
+	got := make([]byte, 3*4096)
+	if err := rv.readAtSeq(context.Background(), got, 0, 3); err != nil || got[0] != 1 || got[4096] != 2 || got[8192] != 3 {
+		t.Fatalf("remote log after ingest: %v", err)
+	}
+}
+
