@@ -159,4 +159,3 @@ func TestIngestChecksTheBacklog(t *testing.T) {
 		t.Fatalf("remote log after ingest: %v", err)
 	}
 }
-
