@@ -489,19 +489,20 @@ func (a *archiver) walkDir(path string, n *Node, prev *Node) *future {
 	select {
 	case a.walkers <- struct{}{}:
 		go func() {
-			children := a.scanDir(path, prev)
+			children, prevTree := a.scanDir(path, prev)
 			<-a.walkers
-			a.finishDir(f, n, children)
+			a.finishDir(f, n, children, prev, prevTree)
 		}()
 	default:
-		children := a.scanDir(path, prev)
-		go a.finishDir(f, n, children)
+		children, prevTree := a.scanDir(path, prev)
+		go a.finishDir(f, n, children, prev, prevTree)
 	}
 	return f
 }
 
-// scanDir reads a directory and starts saving its entries.
-func (a *archiver) scanDir(path string, prev *Node) []*future {
+// scanDir reads a directory and starts saving its entries. It returns
+// their futures and the directory's tree in the parent snapshot, if any.
+func (a *archiver) scanDir(path string, prev *Node) ([]*future, *Tree) {
 	var prevTree *Tree
 	if prev != nil && prev.Type == NodeDir && prev.Subtree != nil {
 		t, err := a.r.LoadTree(a.ctx, *prev.Subtree)
@@ -529,11 +530,13 @@ func (a *archiver) scanDir(path string, prev *Node) []*future {
 		}
 		children = append(children, a.walk(cp, e.Name(), fi, prevTree.Find(e.Name())))
 	}
-	return children
+	return children, prevTree
 }
 
-// finishDir waits for a directory's entries and saves its tree.
-func (a *archiver) finishDir(f *future, n *Node, children []*future) {
+// finishDir waits for a directory's entries and saves its tree. A tree
+// equal to the one in the parent snapshot (prev's subtree, prevTree) is
+// not encoded and saved again: its ID is reused.
+func (a *archiver) finishDir(f *future, n *Node, children []*future, prev *Node, prevTree *Tree) {
 	defer close(f.done)
 	t := &Tree{Nodes: make([]*Node, 0, len(children))}
 	for _, c := range children {
@@ -545,6 +548,11 @@ func (a *archiver) finishDir(f *future, n *Node, children []*future) {
 		if !c.skip {
 			t.Nodes = append(t.Nodes, c.node)
 		}
+	}
+	if prevTree != nil && a.r.idx.has(*prev.Subtree) && sameNodes(t.Nodes, prevTree.Nodes) {
+		id := *prev.Subtree
+		n.Subtree = &id
+		return
 	}
 	id, err := a.saveTree(t)
 	if err != nil {

@@ -1,11 +1,13 @@
 package repo
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -51,6 +53,42 @@ type Node struct {
 // Tree is the list of entries of one directory, sorted by name.
 type Tree struct {
 	Nodes []*Node `json:"nodes"`
+}
+
+// sameNodes reports whether a and b hold equal nodes in the same order,
+// so that a tree of a is the tree of b.
+func sameNodes(a, b []*Node) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !a[i].equal(b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// equal reports whether n and o have the same content and metadata (every
+// field of Node; times as instants).
+func (n *Node) equal(o *Node) bool {
+	if n == nil || o == nil {
+		return n == o
+	}
+	if n.Name != o.Name || n.Type != o.Type || n.Mode != o.Mode || n.UID != o.UID || n.GID != o.GID ||
+		n.User != o.User || n.Group != o.Group || n.Size != o.Size || !n.ModTime.Equal(o.ModTime) ||
+		!n.ChangeTime.Equal(o.ChangeTime) || n.Inode != o.Inode || n.Device != o.Device || n.Links != o.Links ||
+		n.Rdev != o.Rdev || n.LinkTarget != o.LinkTarget || len(n.Xattrs) != len(o.Xattrs) ||
+		!slices.Equal(n.Content, o.Content) || (n.Subtree == nil) != (o.Subtree == nil) ||
+		(n.Subtree != nil && *n.Subtree != *o.Subtree) {
+		return false
+	}
+	for k, v := range n.Xattrs {
+		if w, ok := o.Xattrs[k]; !ok || !bytes.Equal(v, w) {
+			return false
+		}
+	}
+	return true
 }
 
 // Find returns the node named name, or nil.
