@@ -8,7 +8,9 @@
 # Rows: holdfast (its defaults: --cc auto, which is bbr here, --streams
 # auto), holdfast-cubic (--cc cubic, --streams auto), holdfast-cubic64
 # (also --max-streams 64; not run unless named in TOOLS). The baselines
-# all use cubic. aria2c, rsync and scp copy for at most CAP
+# all use cubic. iperf3-P4-bbr (4 bbr flows for 45 s: what the path gives
+# TCP with bbr, for reference; run when named in TOOLS). aria2c, rsync and
+# scp copy for at most CAP
 # seconds (their rate is the bytes that arrived over the time taken).
 # net.core.wmem_max stays as it is (4 MiB here): it caps one socket's send
 # buffer, which alone limits one stream to about wmem_max/RTT.
@@ -71,9 +73,10 @@ run() { # tool -> prints "seconds goodput_bits_per_s"
 		rm -f "$WORK/recv/dst.bin"; t0=$(now)
 		$H0 "$HF" cp --state "$WORK/state" --no-progress --json "${flags[@]}" "$WORK/src.bin" $A1:7470:/dst.bin > "$WORK/rep.json"
 		t1=$(now); cmp -s "$WORK/src.bin" "$WORK/recv/dst.bin" || { echo "holdfast copy differs" >&2; exit 1; } ;;
-	iperf3-P1|iperf3-P8)
-		local p=${1#iperf3-P}
-		$H0 iperf3 -c $A1 -p 5201 -P "$p" -t 15 -C cubic -J > "$WORK/iperf.json"
+	iperf3-P1|iperf3-P8|iperf3-P4-bbr)
+		local p=${1#iperf3-P} cc=cubic t=15
+		case $1 in *-bbr) p=${p%-bbr}; cc=bbr; t=45 ;; esac
+		$H0 iperf3 -c $A1 -p 5201 -P "$p" -t "$t" -C "$cc" -J > "$WORK/iperf.json"
 		python3 -c "import json; d=json.load(open('$WORK/iperf.json')); r=d['end']['sum_received']; print(r['seconds'], r['bits_per_second'])"
 		return ;;
 	aria2c)
