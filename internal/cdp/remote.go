@@ -31,7 +31,7 @@ type Remote interface {
 	Resolve(ctx context.Context, vol, at string) (Point, error)
 	// WriteBase stores data at off in the base image of the remote log of
 	// vol: the content a restored volume started from, which its own log
-	// does not hold.
+	// does not hold. Empty data makes what was stored durable.
 	WriteBase(ctx context.Context, vol string, size, off int64, data []byte) error
 }
 
@@ -298,6 +298,9 @@ func (m *Manager) HandleRemote(ctx context.Context, msgType uint16, payload []by
 		if err != nil {
 			return nil, err
 		}
+		if len(data) == 0 {
+			return nil, rv.commitBase()
+		}
 		return nil, rv.writeBase(off, data)
 	case MsgResolve:
 		var req resolveReq
@@ -360,18 +363,25 @@ func (m *Manager) handleAppend(ctx context.Context, payload []byte) ([]byte, err
 	return binary.BigEndian.AppendUint64(nil, acked), nil
 }
 
-// writeBase stores base content of a replica (durable before it returns).
+// writeBase stores base content of a replica; commitBase makes what was
+// stored durable (the sender's last, empty, range).
 func (v *Volume) writeBase(off int64, data []byte) error {
 	v.baseMu.Lock()
 	defer v.baseMu.Unlock()
 	if _, err := v.base.WriteAt(data, off); err != nil {
 		return fmt.Errorf("writing replica base: %w", err)
 	}
-	if err := v.base.Sync(); err != nil {
-		return fmt.Errorf("syncing replica base: %w", err)
-	}
 	for b := uint64(off) / bs; b < uint64(off+int64(len(data)))/bs; b++ {
 		v.baseBits.set(b)
+	}
+	return nil
+}
+
+func (v *Volume) commitBase() error {
+	v.baseMu.Lock()
+	defer v.baseMu.Unlock()
+	if err := v.base.Sync(); err != nil {
+		return fmt.Errorf("syncing replica base: %w", err)
 	}
 	return v.baseBits.save(v.path("base.bits"))
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/holdfast/holdfast/internal/cdp/cdplog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -192,24 +193,59 @@ func (v *Volume) shipBase(ctx context.Context) error {
 	v.bulkActive.Store(true)
 	defer v.bulkActive.Store(false)
 	const chunk = MaxBaseBytes / bs
-	buf := make([]byte, MaxBaseBytes)
-	var sent int64
-	for blk := uint64(0); blk < v.blocks; blk += chunk {
+	// Up to baseInFlight ranges are on the way at once (a long round trip
+	// does not idle the path); an empty range at the end makes the remote
+	// commit (sync) its base.
+	const baseInFlight = 8
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	sem := make(chan []byte, baseInFlight)
+	for range baseInFlight {
+		sem <- make([]byte, MaxBaseBytes)
+	}
+	var wg sync.WaitGroup
+	var sent atomic.Int64
+	send := func(off int64, p []byte) error {
+		cctx, ccancel := context.WithTimeout(ctx, v.m.cfg.RemoteTimeout)
+		defer ccancel()
+		return v.remote.WriteBase(cctx, v.meta.Name, v.size, off, p)
+	}
+	for blk := uint64(0); blk < v.blocks && ctx.Err() == nil; blk += chunk {
+		var buf []byte
+		select {
+		case buf = <-sem:
+		case <-ctx.Done():
+		}
+		if buf == nil {
+			break
+		}
 		n := int(min(chunk, v.blocks-blk))
 		p := buf[:n*bs]
 		if err := v.readBase(ctx, blk, n, p); err != nil {
-			return fmt.Errorf("reading the base of %s at block %d: %w", v.meta.Name, blk, err)
+			cancel(fmt.Errorf("reading the base of %s at block %d: %w", v.meta.Name, blk, err))
+			sem <- buf
+			break
 		}
 		if allZero(p) {
+			sem <- buf
 			continue
 		}
-		cctx, cancel := context.WithTimeout(ctx, v.m.cfg.RemoteTimeout)
-		err := v.remote.WriteBase(cctx, v.meta.Name, v.size, int64(blk*bs), p)
-		cancel()
-		if err != nil {
-			return err
-		}
-		sent += int64(len(p))
+		wg.Add(1)
+		go func(off int64) {
+			defer wg.Done()
+			if err := send(off, p); err != nil {
+				cancel(err)
+			}
+			sent.Add(int64(len(p)))
+			sem <- buf
+		}(int64(blk * bs))
+	}
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil {
+		return err
+	}
+	if err := send(0, nil); err != nil {
+		return err
 	}
 	v.metaMu.Lock()
 	v.meta.BaseShipped = true
@@ -217,7 +253,7 @@ func (v *Volume) shipBase(ctx context.Context) error {
 	if err := v.saveMeta(); err != nil {
 		return err
 	}
-	v.logger.Info("shipped the restored content to the remote's base image", "remote", v.meta.Remote, "bytes", sent)
+	v.logger.Info("shipped the restored content to the remote's base image", "remote", v.meta.Remote, "bytes", sent.Load())
 	return nil
 }
 

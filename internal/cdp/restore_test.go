@@ -309,11 +309,12 @@ func TestRestoredVolumeProtectedRemotelyRestoresFromTheRemoteAlone(t *testing.T)
 	dial, _ := wirePeer(t, siteB.m, "site-b")
 	dirA := shortDir(t)
 	siteA := startSite(t, testConfig(dirA), dial)
-	if _, err := siteA.m.Create(ctx, CreateOptions{Name: "db", Size: testVolSize}); err != nil {
+	const size = 4 * MaxBaseBytes // several base ranges, one of them all zeros
+	if _, err := siteA.m.Create(ctx, CreateOptions{Name: "db", Size: size}); err != nil {
 		t.Fatal(err)
 	}
-	img := make([]byte, testVolSize)
-	for _, o := range patternOps {
+	img := make([]byte, size)
+	for _, o := range append(patternOps, op{cmd: "write", off: size - MaxBaseBytes/2, n: 8192, pattern: 0x66}) {
 		qemuIO(t, siteA.uri("db"), o.qemu())
 		o.apply(img)
 	}
