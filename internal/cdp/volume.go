@@ -783,19 +783,24 @@ func (v *Volume) writeLocked(ctx context.Context, p []byte, off int64) (uint64, 
 		}
 		copy(buf[off-a:], p)
 	}
-	rec := cdplog.Record{Kind: cdplog.KindWrite, Offset: uint64(a), Length: uint64(e - a), Data: buf}
-	seq, err := v.log.Append(&rec)
-	if err != nil {
+	if len(buf) == 0 {
+		return 0, nil // a zero-length write changes nothing
+	}
+	recs := appendWriteRecords(nil, a, buf)
+	if err := v.log.AppendBatch(recs); err != nil {
 		return 0, fmt.Errorf("logging write at %d: %w", off, err)
 	}
+	seq := recs[len(recs)-1].Seq
 	if v.asyncApply {
 		v.applied.Store(seq)
 		v.applyNow()
 		return seq, nil
 	}
 	if _, err := v.data.WriteAt(buf, a); err != nil {
-		if uerr := v.log.Unappend(seq); uerr != nil {
-			v.logger.Error("removing unapplied write from the log", "seq", seq, "err", uerr)
+		for i := len(recs) - 1; i >= 0; i-- {
+			if uerr := v.log.Unappend(recs[i].Seq); uerr != nil {
+				v.logger.Error("removing unapplied write from the log", "seq", recs[i].Seq, "err", uerr)
+			}
 		}
 		return 0, fmt.Errorf("applying write at %d: %w", off, err)
 	}
@@ -803,6 +808,24 @@ func (v *Volume) writeLocked(ctx context.Context, p []byte, off int64) (uint64, 
 	v.applied.Store(seq)
 	v.dataApplied.Store(seq)
 	return seq, nil
+}
+
+// maxWriteRecord bounds the data of one write record: a larger client
+// write (NBD allows 32 MiB) is logged as several records, appended at once,
+// so that every record fits one shipment to the remote (wire frames are
+// bounded, 16 MiB by default).
+const maxWriteRecord = 4 << 20
+
+// appendWriteRecords appends the records logging data written at off (one
+// per maxWriteRecord bytes) to recs.
+func appendWriteRecords(recs []cdplog.Record, off int64, data []byte) []cdplog.Record {
+	for len(data) > 0 {
+		n := min(len(data), maxWriteRecord)
+		recs = append(recs, cdplog.Record{Kind: cdplog.KindWrite, Offset: uint64(off), Length: uint64(n), Data: data[:n]})
+		off += int64(n)
+		data = data[n:]
+	}
+	return recs
 }
 
 // WriteBatch logs several pipelined writes with one append (NBD batches
@@ -832,9 +855,9 @@ func (v *Volume) WriteBatch(ctx context.Context, reqs []nbd.WriteRequest) []erro
 			return errs
 		}
 	}
-	recs := make([]cdplog.Record, len(reqs))
-	for i, r := range reqs {
-		recs[i] = cdplog.Record{Kind: cdplog.KindWrite, Offset: uint64(r.Off), Length: uint64(len(r.Data)), Data: r.Data}
+	recs := make([]cdplog.Record, 0, len(reqs))
+	for _, r := range reqs {
+		recs = appendWriteRecords(recs, r.Off, r.Data)
 	}
 	v.wmu.Lock()
 	err := v.log.AppendBatch(recs)
