@@ -404,6 +404,9 @@ func (c *Client) monitor(tcp *net.TCPConn, peer string) net.Conn {
 func newEstimator(opts Options) *pace.Estimator {
 	cfg := pace.DefaultConfig()
 	cfg.Limit = opts.RateLimit
+	// A sample spans at least four blocks: acknowledgements come a block
+	// at a time.
+	cfg.MinSampleBytes = 4 * int64(opts.BlockSize)
 	e, _ := pace.NewEstimator(cfg)
 	return e
 }

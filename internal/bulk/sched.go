@@ -640,6 +640,11 @@ func (t *transfer) schedule(rep *Report) {
 		if !roundStart.IsZero() && now.Sub(roundStart) < roundTime {
 			t.cond.Broadcast() // wake workers waiting on time (endgame ages)
 			t.mu.Unlock()
+			if !t.opts.NoPace {
+				// The pacing gain changes every RTT or so (probe, drain,
+				// cruise): follow it between sub-transfers too.
+				t.pacer.SetRate(t.est.Rate(now))
+			}
 			continue
 		}
 		// A new sub-transfer.

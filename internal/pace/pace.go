@@ -48,8 +48,20 @@ const (
 	DefaultInterval = 50 * time.Millisecond
 )
 
-// gains is the gain cycle applied to the estimate, one entry per interval.
-var gains = [...]float64{1.25, 0.75, 1, 1, 1, 1, 1, 1}
+// The gain cycle applied to the estimate, one phase per interval: a probe
+// above the estimate, a drain as far below it, then cruise at the estimate.
+// Probing costs drops at a shallow bottleneck queue (every byte sent above
+// the bottleneck rate beyond what the queue holds is lost), so the cycle
+// adapts: a probe that raised the delivery rate keeps probing strong and
+// often; one that did not halves the next probe's excess (down to
+// minProbe) and doubles the cruise before it (up to maxCruise).
+const (
+	maxProbe   = 1.25
+	minProbe   = 1.02
+	minCruise  = 6
+	maxCruise  = 96
+	probeFound = 0.5 // share of the probe's excess the delivery rate must gain
+)
 
 // Config configures an Estimator.
 type Config struct {
@@ -64,6 +76,12 @@ type Config struct {
 	// Initial is the estimate before any sample (bytes per second); zero
 	// means "unknown": Rate returns 0 (do not pace) until the first sample.
 	Initial float64
+	// MinSampleBytes, when positive, is the least a delivery-rate sample
+	// spans (an interval is extended until that much was delivered, up to
+	// four intervals): acknowledgements that come a large message at a
+	// time make short samples jumpy, and the max filter would keep their
+	// peaks, overestimating the path.
+	MinSampleBytes int64
 }
 
 // DefaultConfig returns a configuration with the default window and interval
@@ -103,8 +121,11 @@ type Estimator struct {
 	samples  []sample  // delivery-rate samples within the window
 	kernel   float64   // latest sum of TCP_INFO delivery rates
 	receiver float64   // latest goodput the receiver reported
-	phase    int
+	phase    int       // 0 probe, 1 drain, then cruise
 	phaseAt  time.Time
+	probe    float64 // gain of the next probe
+	cruise   int     // cruise intervals after each drain
+	probeBW  float64 // estimate when the probe began
 	// startup: until the estimate stops growing (three intervals without
 	// 25% growth) pace at startupGain so that a low first estimate does not
 	// lock the transfer into a low rate.
@@ -128,7 +149,7 @@ func NewEstimator(cfg Config) (*Estimator, error) {
 	if cfg.Interval == 0 {
 		cfg.Interval = DefaultInterval
 	}
-	return &Estimator{cfg: cfg, startup: true}, nil
+	return &Estimator{cfg: cfg, startup: true, probe: maxProbe, cruise: minCruise, phase: 2}, nil
 }
 
 // SetRTT tells the estimator the path's round-trip time; measuring intervals
@@ -165,7 +186,7 @@ func (e *Estimator) Delivered(now time.Time, total int64) {
 		return
 	}
 	e.last = total
-	if d := now.Sub(e.start); d >= e.interval() {
+	if d := now.Sub(e.start); d >= e.interval() && (total-e.startB >= e.cfg.MinSampleBytes || d >= 4*e.interval()) {
 		e.addLocked(now, float64(total-e.startB)/d.Seconds())
 		e.start, e.startB = now, total
 	}
@@ -188,6 +209,7 @@ func (e *Estimator) Probe() {
 	e.mu.Lock()
 	e.startup, e.plateau = true, 0
 	e.lastMax = e.bandwidthLocked()
+	e.probe, e.cruise = maxProbe, minCruise
 	e.mu.Unlock()
 }
 
@@ -201,12 +223,13 @@ func (e *Estimator) KernelRate(now time.Time, bytesPerSec float64) {
 }
 
 // ReceiverRate reports the goodput the receiver measured (bytes per second
-// written to storage).
+// written to storage). It is reported in Snapshot; it is not a sample of the
+// max filter (measured over the receiver's short write intervals it is too
+// jumpy: Delivered's samples carry the same information).
 func (e *Estimator) ReceiverRate(now time.Time, bytesPerSec float64) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.receiver = bytesPerSec
-	e.addLocked(now, bytesPerSec)
 }
 
 func (e *Estimator) addLocked(now time.Time, rate float64) {
@@ -274,15 +297,47 @@ func (e *Estimator) Rate(now time.Time) float64 {
 			}
 		}
 		if now.Sub(e.phaseAt) >= e.interval() {
-			e.phase = (e.phase + 1) % len(gains)
+			e.advanceLocked(bw)
 			e.phaseAt = now
 		}
-		bw = max(bw*gains[e.phase], MinRate)
+		bw = max(bw*e.gainLocked(), MinRate)
 	}
 	if e.cfg.Limit > 0 && (bw == 0 || bw > e.cfg.Limit) {
 		bw = e.cfg.Limit
 	}
 	return bw
+}
+
+// gainLocked is the gain of the current phase.
+func (e *Estimator) gainLocked() float64 {
+	switch e.phase {
+	case 0:
+		return e.probe
+	case 1:
+		return 2 - e.probe
+	}
+	return 1
+}
+
+// advanceLocked moves to the next phase; leaving the drain it judges the
+// probe: did the delivery rate rise by a good part of the probe's excess?
+func (e *Estimator) advanceLocked(bw float64) {
+	switch {
+	case e.phase == 0:
+		e.phase = 1
+	case e.phase == 1:
+		if e.probeBW > 0 && bw >= e.probeBW*(1+probeFound*(e.probe-1)) {
+			e.probe, e.cruise = maxProbe, minCruise // the path had room
+		} else {
+			e.probe = max(minProbe, 1+(e.probe-1)/2)
+			e.cruise = min(2*e.cruise, maxCruise)
+		}
+		e.phase = 2
+	case e.phase >= 1+e.cruise:
+		e.phase, e.probeBW = 0, bw
+	default:
+		e.phase++
+	}
 }
 
 // Snapshot is what the estimator knows, for reports.

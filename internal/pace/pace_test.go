@@ -100,10 +100,13 @@ func TestEstimatorMaxFilterAndWindow(t *testing.T) {
 func TestEstimatorGainAndLimit(t *testing.T) {
 	e, _ := NewEstimator(Config{Window: 10 * time.Second, Interval: 100 * time.Millisecond, Limit: 5e6})
 	now := time.Unix(1000, 0)
-	e.ReceiverRate(now, 4e6)
+	var total int64
+	e.Delivered(now, total)
 	seen := map[float64]bool{}
 	for i := 0; i < 100; i++ {
 		now = now.Add(100 * time.Millisecond)
+		total += 400e3 // 4 MB/s delivered
+		e.Delivered(now, total)
 		r := e.Rate(now)
 		if r > 5e6 {
 			t.Fatalf("rate %v above the 5e6 limit", r)
@@ -166,5 +169,48 @@ func TestSetSocketRate(t *testing.T) {
 	raw.Control(func(fd uintptr) { info, _ = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) })
 	if info.Max_pacing_rate != ^uint64(0) {
 		t.Fatalf("after removing the cap: %d, want unlimited", info.Max_pacing_rate)
+	}
+}
+
+// TestEstimatorProbingAdapts: on a full path (delivery never rises) the
+// probes shrink towards minProbe and come less often, so a shallow
+// bottleneck queue sees little excess; once a probe finds more, probing
+// is strong and frequent again.
+func TestEstimatorProbingAdapts(t *testing.T) {
+	e, _ := NewEstimator(Config{Window: 10 * time.Second, Interval: 100 * time.Millisecond})
+	now := time.Unix(1000, 0)
+	var total int64
+	e.Delivered(now, total)
+	var probes []float64
+	for i := 0; i < 600; i++ {
+		now = now.Add(100 * time.Millisecond)
+		total += 1e6 // the path delivers 10 MB/s, no more
+		e.Delivered(now, total)
+		if r := e.Rate(now); r > 10e6*1.001 && !e.startup {
+			probes = append(probes, r/10e6) // one interval per probe
+		}
+	}
+	if len(probes) < 4 {
+		t.Fatalf("%d probes in 60 s", len(probes))
+	}
+	if first, last := probes[0], probes[len(probes)-1]; first < 1.2 || last > 1.03 {
+		t.Fatalf("probe gains %v: want the first near %v and the last down to %v", probes, maxProbe, minProbe)
+	}
+	if len(probes) > 20 {
+		t.Errorf("%d probes in 60 s on a full path: want them spaced out", len(probes))
+	}
+	// The path frees up: the next probe that finds more restores full probing.
+	rate := 10e6
+	for i := 0; i < 2000 && e.probe < maxProbe; i++ {
+		now = now.Add(100 * time.Millisecond)
+		if e.phase == 0 {
+			rate = e.gainLocked() * 10e6 // delivery follows the probe
+		}
+		total += int64(rate / 10)
+		e.Delivered(now, total)
+		e.Rate(now)
+	}
+	if e.probe != maxProbe || e.cruise != minCruise {
+		t.Fatalf("after a successful probe: probe %v cruise %d, want %v and %d", e.probe, e.cruise, maxProbe, minCruise)
 	}
 }
