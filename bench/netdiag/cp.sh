@@ -39,7 +39,7 @@ one() { # mode -> "seconds cpu_seconds"
 	[ "$1" = off ] && flags=(--no-netdiag)
 	rm -f "$tmp/recv/dst.bin"
 	s0=$(ticks $spid); t0=$(date +%s.%N)
-	/usr/bin/time -f '%U %S' -o "$tmp/time" "$hf" cp --state "$tmp/state" --no-progress "${flags[@]}" "$tmp/src.bin" 127.0.0.1:$port:/dst.bin
+	/usr/bin/time -f '%U %S' -o "$tmp/time" "$hf" cp --state "$tmp/state" --no-progress "${flags[@]}" "$tmp/src.bin" 127.0.0.1:$port:/dst.bin >/dev/null
 	t1=$(date +%s.%N); s1=$(ticks $spid)
 	cmp -s "$tmp/src.bin" "$tmp/recv/dst.bin" || { echo "copy differs" >&2; exit 1; }
 	c=$(awk '{print $1+$2}' "$tmp/time")
