@@ -14,6 +14,7 @@ import (
 
 	"github.com/holdfast/holdfast/internal/buildinfo"
 	"github.com/holdfast/holdfast/internal/cluster"
+	"github.com/holdfast/holdfast/internal/netdiag"
 	"github.com/holdfast/holdfast/internal/wire"
 	bolt "go.etcd.io/bbolt"
 )
@@ -58,6 +59,7 @@ type Agent struct {
 	runCtx   context.Context       // set by Run; background dials use it
 	started  time.Time             // when Run started
 	stopping bool                  // set when Run shuts down: new sessions are closed
+	diag     *netdiag.Recorder     // opened by Netdiag on first use
 }
 
 // Options are what New needs besides the state directory.
@@ -67,6 +69,37 @@ type Options struct {
 	// Listen overrides the configuration's listen address (the CLI's
 	// --listen flag).
 	Listen string
+}
+
+// Netdiag returns the agent's network diagnostics log, <state>/netdiag
+// (the directory 'holdfast netdiag report' reads by default), opened on
+// first use, for services whose transfers record diagnostics (for example
+// as bulk.ClientConfig.Diag). It is closed when Run returns. It returns nil
+// when the log cannot be opened; the error is logged.
+func (a *Agent) Netdiag() netdiag.Sink {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.diag == nil {
+		rec, err := netdiag.NewRecorder(netdiag.DefaultRecorderConfig(netdiag.DirIn(a.stateDir)), a.log)
+		if err != nil {
+			a.log.Warn("network diagnostics log unavailable", "err", err)
+			return nil
+		}
+		a.diag = rec
+	}
+	return a.diag
+}
+
+func (a *Agent) closeNetdiag() {
+	a.mu.Lock()
+	rec := a.diag
+	a.diag = nil
+	a.mu.Unlock()
+	if rec != nil {
+		if err := rec.Close(); err != nil {
+			a.log.Warn("closing the network diagnostics log", "err", err)
+		}
+	}
 }
 
 // New loads the agent in stateDir: configuration, cluster identity and
@@ -169,6 +202,7 @@ func (a *Agent) Versions() wire.VersionVector {
 // accepting, closes sessions, stops services and closes the database.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.db.Close()
+	defer a.closeNetdiag() // after the services, which may record into it
 	a.mu.Lock()
 	a.started = time.Now()
 	a.mu.Unlock()
