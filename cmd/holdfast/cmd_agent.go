@@ -69,7 +69,7 @@ type serviceOptions struct {
 func agentServices(o serviceOptions) []agent.Service {
 	return []agent.Service{
 		pool.NewService(pool.Options{}),
-		cdp.NewService(cdp.ServiceOptions{NBDListen: o.nbdListen}),
+		cdp.NewService(cdp.ServiceOptions{NBDListen: o.nbdListen, TransferRoot: o.transferRoot}),
 		bulk.NewAgentService(o.transferRoot),
 	}
 }

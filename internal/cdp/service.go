@@ -133,6 +133,7 @@ func (s *Service) bulkClient() (*bulk.Client, error) {
 		log := s.a.Logger().With("service", "volumes")
 		s.bulk, s.bulkErr = bulk.NewClient(bulk.ClientConfig{
 			TLS: s.a.Identity().ClientTLS(log), Node: s.a.Name(), Versions: s.a.Versions, Logger: log,
+			CC: "auto", Diag: s.a.Netdiag(), // backlog transfers show in 'holdfast netdiag report'
 		})
 	})
 	return s.bulk, s.bulkErr
