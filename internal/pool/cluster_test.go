@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/holdfast/holdfast/internal/agent"
+	"github.com/holdfast/holdfast/internal/bulk"
 	"github.com/holdfast/holdfast/internal/cluster"
 	"github.com/holdfast/holdfast/internal/repo"
 	"github.com/holdfast/holdfast/internal/repo/chunker"
@@ -85,6 +86,9 @@ type tcluster struct {
 	nodes  map[string]*tnode
 	// apiListen, when set before start, gives agents a TCP API address.
 	apiListen map[string]string
+	// bulk, when set before start, runs the bulk transfer service
+	// (root <state>/inbox) in every agent, as `holdfast agent` does.
+	bulk bool
 }
 
 // newCluster starts in-process agents; the first name holds the cluster CA.
@@ -143,7 +147,11 @@ func (c *tcluster) start(name, dir string, pc Config) *tnode {
 		t.Fatal(err)
 	}
 	svc := NewService(Options{Config: &pc})
-	a, err := agent.New(dir, agent.Options{Logger: testLogger(t).With("n", name), Services: []agent.Service{svc}})
+	services := []agent.Service{svc}
+	if c.bulk {
+		services = append(services, bulk.NewAgentService(""))
+	}
+	a, err := agent.New(dir, agent.Options{Logger: testLogger(t).With("n", name), Services: services})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -38,6 +38,10 @@ func (s *Service) registerRepoAPI(api *http.ServeMux) {
 			code = http.StatusNotFound
 		case errors.Is(err, ErrPoolFull):
 			code = http.StatusInsufficientStorage
+		case errors.Is(err, errAdoptRefused):
+			code = http.StatusBadRequest
+		case errors.Is(err, errAdoptConflict):
+			code = http.StatusConflict
 		}
 		agent.WriteError(w, code, err)
 	}
@@ -65,6 +69,7 @@ func (s *Service) registerRepoAPI(api *http.ServeMux) {
 			fn(w, r, b, h)
 		})
 	}
+	s.registerAdoptAPI(api, fail)
 	api.HandleFunc("POST /v1/pool/repos/{repo}", func(w http.ResponseWriter, r *http.Request) {
 		b, ok := be(w, r)
 		if !ok {
@@ -143,22 +148,66 @@ func (s *Service) registerRepoAPI(api *http.ServeMux) {
 
 // AgentBackend is a repository backend in an agent's local pool portion,
 // reached over the agent's API: a backup client's view of its server.
+// Pack files of at least AgentBackendOptions.BulkThreshold bytes travel by
+// bulk transfer to the agent's wire listener and are then adopted into the
+// repository (see bulkleg.go); everything else goes through the API.
 type AgentBackend struct {
-	hc   *http.Client
-	base string // ".../v1/pool/repos/<repo>"
-	loc  string
+	hc    *http.Client
+	base  string // ".../v1/pool/repos/<repo>"
+	loc   string
+	log   *slog.Logger
+	bulk  *bulkLeg // nil: packs go through the API
+	packs packCounters
 }
+
+// AgentBackendOptions configure DialAgentBackendWith.
+type AgentBackendOptions struct {
+	// Bulk chooses how pack files travel: "auto" or "" (by bulk transfer
+	// when the agent is reached over TCP and runs the transfer service;
+	// its wire address is the API host with the port the agent reports),
+	// "off" (always through the API), or HOST:PORT of the agent's wire
+	// listener (by bulk transfer there, also to a local agent).
+	Bulk string
+	// BulkThreshold is the smallest pack that goes by bulk transfer
+	// (default DefaultBulkThreshold).
+	BulkThreshold int64
+	// Logger receives events (default: discarded).
+	Logger *slog.Logger
+}
+
+// DefaultBulkThreshold is the smallest pack file sent by bulk transfer:
+// below it a single API request costs less than a transfer's round trips.
+const DefaultBulkThreshold = 1 << 20
 
 // DialAgentBackend returns a backend for repository repo on the agent
 // named by server: a state directory of a local agent (its unix socket),
 // or host:port of an agent's TCP API, reached with mTLS using the cluster
-// identity in stateDir (made by `holdfast cluster join`).
+// identity in stateDir (made by `holdfast cluster join`). Packs travel as
+// AgentBackendOptions' defaults say.
 func DialAgentBackend(server, stateDir, repo string, log *slog.Logger) (*AgentBackend, error) {
+	return DialAgentBackendWith(server, stateDir, repo, AgentBackendOptions{Logger: log})
+}
+
+// DialAgentBackendWith is DialAgentBackend with options.
+func DialAgentBackendWith(server, stateDir, repo string, o AgentBackendOptions) (*AgentBackend, error) {
 	if err := peer.ValidName(repo); err != nil {
 		return nil, fmt.Errorf("repository name: %w", err)
 	}
+	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if o.BulkThreshold <= 0 {
+		o.BulkThreshold = DefaultBulkThreshold
+	}
+	bulkAddr := ""
+	switch o.Bulk {
+	case "", "auto", "off":
+	default:
+		if _, _, err := net.SplitHostPort(o.Bulk); err != nil {
+			return nil, fmt.Errorf("bulk address %q: want auto, off or HOST:PORT of the agent's wire listener: %w", o.Bulk, err)
+		}
+		bulkAddr = o.Bulk
 	}
 	if fi, err := os.Stat(server); err == nil && fi.IsDir() {
 		sock := filepath.Join(server, agent.SocketFile)
@@ -166,9 +215,22 @@ func DialAgentBackend(server, stateDir, repo string, log *slog.Logger) (*AgentBa
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", sock)
 		}}}
-		return &AgentBackend{hc: hc, base: "http://agent/v1/pool/repos/" + repo, loc: "agent:" + server + "/" + repo}, nil
+		b := &AgentBackend{hc: hc, base: "http://agent/v1/pool/repos/" + repo, loc: "agent:" + server + "/" + repo, log: log}
+		if bulkAddr != "" {
+			// A local agent: its own identity is a cluster member's.
+			if stateDir == "" {
+				stateDir = server
+			}
+			id, err := cluster.Load(stateDir)
+			if err != nil {
+				return nil, fmt.Errorf("loading a cluster identity from %s for bulk transfers: %w", stateDir, err)
+			}
+			b.bulk = newBulkLeg(b, id, "", bulkAddr, o.BulkThreshold, log)
+		}
+		return b, nil
 	}
-	if _, _, err := net.SplitHostPort(server); err != nil {
+	host, _, err := net.SplitHostPort(server)
+	if err != nil {
 		return nil, fmt.Errorf("server %q: want an agent state directory or host:port of its API: %w", server, err)
 	}
 	id, err := cluster.Load(stateDir)
@@ -176,7 +238,11 @@ func DialAgentBackend(server, stateDir, repo string, log *slog.Logger) (*AgentBa
 		return nil, fmt.Errorf("loading this client's cluster identity from %s (run `holdfast cluster join` first): %w", stateDir, err)
 	}
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: id.ClientTLS(log), ForceAttemptHTTP2: true}}
-	return &AgentBackend{hc: hc, base: "https://" + server + "/v1/pool/repos/" + repo, loc: "agent:" + server + "/" + repo}, nil
+	b := &AgentBackend{hc: hc, base: "https://" + server + "/v1/pool/repos/" + repo, loc: "agent:" + server + "/" + repo, log: log}
+	if o.Bulk != "off" {
+		b.bulk = newBulkLeg(b, id, host, bulkAddr, o.BulkThreshold, log)
+	}
+	return b, nil
 }
 
 func (b *AgentBackend) url(kind string, h backend.Handle) string {
@@ -281,5 +347,8 @@ func (b *AgentBackend) Remove(ctx context.Context, h backend.Handle) error {
 // Close implements backend.Backend.
 func (b *AgentBackend) Close() error {
 	b.hc.CloseIdleConnections()
+	if b.bulk != nil {
+		return b.bulk.close()
+	}
 	return nil
 }

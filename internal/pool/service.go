@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/holdfast/holdfast/internal/agent"
@@ -61,6 +62,8 @@ type Service struct {
 	kick    chan struct{}
 	reserve sync.Mutex // serialises local reservations
 
+	adoptedPacks, adoptedBytes atomic.Int64 // packs adopted from bulk transfers
+
 	// proofHook, when set (tests only), replaces this agent's answers to
 	// proofs: it is how a test makes a peer lie.
 	proofHook func(origin string, ch peer.Challenge, honest peer.Sum, err error) (peer.Sum, error)
@@ -70,6 +73,10 @@ type Service struct {
 type Options struct {
 	// Config, when non-nil, is used instead of <state>/pool.toml.
 	Config *Config
+	// TransferRoot is the root of the agent's bulk transfer service
+	// (bulk.NewAgentService's root), where backup clients stage packs for
+	// adoption; "" means <state>/inbox, that service's default.
+	TransferRoot string
 }
 
 // NewService returns the pool service.

@@ -248,6 +248,7 @@ func (s *Service) registerAPI(api *http.ServeMux) {
 type poolMetrics struct {
 	rounds, proofs, proofFailures, repairedShards, movedShards, corruptShards prometheus.Counter
 	sentBytes, protectedBytes, rebuiltBytes, evictedBytes                     prometheus.Counter
+	adoptedPacks, adoptedBytes                                                prometheus.Counter
 }
 
 func newPoolMetrics(s *Service, reg *prometheus.Registry) *poolMetrics {
@@ -265,12 +266,14 @@ func newPoolMetrics(s *Service, reg *prometheus.Registry) *poolMetrics {
 		protectedBytes: c("protected_bytes_total", "Local file bytes given a peer version."),
 		rebuiltBytes:   c("rebuilt_bytes_total", "File bytes rebuilt from peers."),
 		evictedBytes:   c("evicted_bytes_total", "Held shard bytes freed for local data."),
+		adoptedPacks:   c("adopted_packs_total", "Pack files adopted from bulk transfers."),
+		adoptedBytes:   c("adopted_bytes_total", "Bytes of pack files adopted from bulk transfers."),
 	}
 	g := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "holdfast_pool_" + name, Help: help}, f)
 	}
 	reg.MustRegister(m.rounds, m.proofs, m.proofFailures, m.repairedShards, m.movedShards, m.corruptShards,
-		m.sentBytes, m.protectedBytes, m.rebuiltBytes, m.evictedBytes,
+		m.sentBytes, m.protectedBytes, m.rebuiltBytes, m.evictedBytes, m.adoptedPacks, m.adoptedBytes,
 		g("capacity_bytes", "Pool capacity.", func() float64 { return float64(s.cfg.Capacity) }),
 		g("local_bytes", "Local portion: backup data.", func() float64 { return float64(s.Info().LocalUsed) }),
 		g("peer_bytes", "Peer portion: shards held for others.", func() float64 { return float64(s.Info().PeerUsed) }),

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
 	"sort"
 	"testing"
 
@@ -128,6 +130,40 @@ func TestParseS3Location(t *testing.T) {
 		}
 		if tc.ok && (cfg.Endpoint != tc.endpoint || cfg.Bucket != tc.bucket || cfg.Prefix != tc.prefix || cfg.Secure != tc.secure) {
 			t.Errorf("%s: %+v", tc.in, cfg)
+		}
+	}
+}
+
+// TestLocalListSkipsTemporaries checks that List names only repository
+// files: not our own temporaries nor the partial files and journals of a
+// bulk transfer landing in the directory.
+func TestLocalListSkipsTemporaries(t *testing.T) {
+	ctx := context.Background()
+	be, err := NewLocal(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := be.Create(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := be.Save(ctx, Handle{Type: PackFile, Name: "ab01"}, []byte("pack")); err != nil {
+		t.Fatal(err)
+	}
+	if err := be.Save(ctx, Handle{Type: IndexFile, Name: "ix"}, []byte("index")); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"data/ab/.holdfast-part.ab02", "data/ab/.holdfast-journal.ab02", "data/ab/.tmp-123", "index/.holdfast-part.iy", "index/.tmp-adopt-1"} {
+		if err := os.WriteFile(filepath.Join(be.Dir(), p), []byte("partial"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for typ, want := range map[FileType]string{PackFile: "ab01", IndexFile: "ix"} {
+		var names []string
+		if err := be.List(ctx, typ, func(fi FileInfo) error { names = append(names, fi.Name); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if len(names) != 1 || names[0] != want {
+			t.Errorf("list %s = %v, want [%s]", typ, names, want)
 		}
 	}
 }

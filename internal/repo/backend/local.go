@@ -199,7 +199,7 @@ func (l *Local) Stat(ctx context.Context, h Handle) (FileInfo, error) {
 	return FileInfo{Name: h.Name, Size: fi.Size()}, nil
 }
 
-// List calls fn for every file of type t.
+// List calls fn for every file of type t, skipping temporary (dot) files.
 func (l *Local) List(ctx context.Context, t FileType, fn func(FileInfo) error) error {
 	if t == ConfigFile {
 		fi, err := os.Stat(filepath.Join(l.dir, "config"))
@@ -233,7 +233,11 @@ func (l *Local) List(ctx context.Context, t FileType, fn func(FileInfo) error) e
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			if e.IsDir() || strings.HasPrefix(e.Name(), tmpPrefix) {
+			// No repository file name starts with a dot (Handle.Valid):
+			// dot files are temporaries, ours (tmpPrefix) or another
+			// writer's, such as bulk's .holdfast-part.* and
+			// .holdfast-journal.* of a file arriving by bulk transfer.
+			if e.IsDir() || strings.HasPrefix(e.Name(), ".") {
 				continue
 			}
 			fi, err := e.Info()
