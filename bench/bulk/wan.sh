@@ -7,7 +7,8 @@
 # Usage: bench/bulk/wan.sh   (RATE=200Mbit RTT=100ms LOSS=0.1% SIZE=1G RUNS=3 CAP=40)
 # Rows: holdfast (its defaults: --cc auto, which is bbr here, --streams
 # auto), holdfast-cubic (--cc cubic, --streams auto), holdfast-cubic64
-# (also --max-streams 64; not run unless named in TOOLS). The baselines
+# (also --max-streams 64), holdfast-nopace (defaults but --no-pace): those
+# two run when named in TOOLS. The baselines
 # all use cubic. iperf3-P4-bbr (4 bbr flows for 45 s: what the path gives
 # TCP with bbr, for reference; run when named in TOOLS). aria2c, rsync and
 # scp copy for at most CAP
@@ -65,8 +66,9 @@ capped() {
 run() { # tool -> prints "seconds goodput_bits_per_s"
 	local t0 t1 s
 	case $1 in
-	holdfast|holdfast-cubic|holdfast-cubic64)
+	holdfast|holdfast-cubic|holdfast-cubic64|holdfast-nopace)
 		local flags=()
+		[ "$1" = holdfast-nopace ] && flags=(--no-pace)
 		[ "$1" = holdfast-cubic ] && flags=(--cc cubic)
 		[ "$1" = holdfast-cubic64 ] && flags=(--cc cubic --max-streams 64)
 		echo "$1" > "$WORK/lasthf"
