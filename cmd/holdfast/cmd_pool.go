@@ -238,11 +238,13 @@ func (f *fromPeersFlags) add(cmd *cobra.Command) {
 type serverFlags struct {
 	server string
 	state  string
+	bulk   string
 }
 
 func (f *serverFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.server, "server", "", "back up to an agent: its state directory (local) or HOST:PORT of its api_listen (mTLS); --repo names the repository in its pool")
 	cmd.Flags().StringVar(&f.state, "client-state", defaultStateDir(), "with --server HOST:PORT: this client's cluster identity (made by holdfast cluster join)")
+	cmd.Flags().StringVar(&f.bulk, "server-bulk", "auto", "with --server: how pack files travel: auto (by bulk transfer to the agent's wire listener when reached over TCP), off (through the API), or HOST:PORT of the agent's wire listener")
 }
 
 // serverBackend opens the repository named repoName on the agent; it
@@ -251,7 +253,7 @@ func (f *serverFlags) backend(repoName string) (backend.Backend, error) {
 	if repoName == "" {
 		return nil, fmt.Errorf("--server needs --repo NAME (the repository's name in the agent's pool)")
 	}
-	return pool.DialAgentBackend(f.server, f.state, repoName, logger())
+	return pool.DialAgentBackendWith(f.server, f.state, repoName, pool.AgentBackendOptions{Bulk: f.bulk, Logger: logger()})
 }
 
 // openRepoOn opens the repository named by f, on the agent of srv when

@@ -1,15 +1,26 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"encoding/binary"
 	"encoding/json"
+	"fmt"
+	"io"
+	"io/fs"
+	"math/rand/v2"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/holdfast/holdfast/internal/agent"
 	"github.com/holdfast/holdfast/internal/pool"
 )
 
@@ -116,4 +127,118 @@ func TestPoolProcessesSurviveSIGKILLedPeer(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	t.Logf("SIGKILL of %s (held %d shards): protection restored after %v", victim, most, time.Since(killed).Round(time.Millisecond))
+}
+
+// TestBackupServerPacksByBulk runs a real agent process with a TCP API and
+// backs up to it with `backup --server HOST:PORT` from a client that only
+// holds a cluster identity: the packs travel by bulk transfer and are
+// adopted (the agent's metrics count every pack of at least the threshold,
+// and nothing stays staged), and `check --read-data` and `restore` of the
+// agent's copy verify the data.
+func TestBackupServerPacksByBulk(t *testing.T) {
+	t.Setenv("HOLDFAST_PASSWORD", "cli bulk test")
+	root := t.TempDir()
+	state, client := filepath.Join(root, "e"), filepath.Join(root, "laptop")
+	if r := run(t, "cluster", "init", "--state", state, "--name", "e", "--listen", "127.0.0.1:0"); r.code != 0 {
+		t.Fatalf("init: %s", r.stderr)
+	}
+	ac, err := agent.LoadConfig(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ac.APIListen = freePort(t)
+	if err := agent.WriteConfig(state, ac); err != nil {
+		t.Fatal(err)
+	}
+	pc := pool.DefaultConfig()
+	pc.K, pc.M, pc.Capacity, pc.Gossip = 1, 1, 512<<20, "off"
+	if err := pool.WriteConfig(state, pc); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(holdfastBin, "agent", "--state", state, "--log-level", "warn")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	waitStatus(t, state)
+	var st struct{ Listen string }
+	json.Unmarshal([]byte(run(t, "status", "--state", state, "--json").stdout), &st)
+	tok := strings.TrimSpace(run(t, "cluster", "token", "--state", state).stdout)
+	if r := run(t, "cluster", "join", st.Listen, "--token", tok, "--state", client, "--name", "laptop", "--listen", "127.0.0.1:0"); r.code != 0 {
+		t.Fatalf("join: %s", r.stderr)
+	}
+	// 40 MiB of incompressible files: two full 16 MiB packs and a rest.
+	src := filepath.Join(root, "src")
+	os.MkdirAll(src, 0o755)
+	rng := rand.New(rand.NewPCG(7, 8))
+	for i := 0; i < 10; i++ {
+		b := make([]byte, 4<<20)
+		for j := 0; j < len(b); j += 8 {
+			binary.LittleEndian.PutUint64(b[j:], rng.Uint64())
+		}
+		os.WriteFile(filepath.Join(src, fmt.Sprintf("f%d", i)), b, 0o644)
+	}
+	r := run(t, "backup", "--server", ac.APIListen, "--client-state", client, "--repo", "laptop", src)
+	if r.code != 0 {
+		t.Fatalf("backup --server: exit %d: %s", r.code, r.stderr)
+	}
+	repoDir := filepath.Join(state, pc.Dir, pool.LocalDir, "laptop")
+	var big, bigBytes int64
+	filepath.WalkDir(filepath.Join(repoDir, "data"), func(p string, d fs.DirEntry, err error) error {
+		if fi, e := d.Info(); err == nil && e == nil && fi.Mode().IsRegular() && fi.Size() >= pool.DefaultBulkThreshold {
+			big, bigBytes = big+1, bigBytes+fi.Size()
+		}
+		return nil
+	})
+	packs, adopted := metric(t, state, "holdfast_pool_adopted_packs_total"), metric(t, state, "holdfast_pool_adopted_bytes_total")
+	t.Logf("%d packs (%d bytes) adopted after bulk transfer", packs, adopted)
+	if big < 2 || packs != big || adopted != bigBytes {
+		t.Errorf("agent adopted %d packs (%d bytes); the repository holds %d packs ≥ %d bytes (%d bytes)", packs, adopted, big, pool.DefaultBulkThreshold, bigBytes)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(state, "inbox", pool.AdoptDir, "laptop")); len(ents) != 0 {
+		t.Errorf("%d files left staged", len(ents))
+	}
+	if r := run(t, "check", "--repo", repoDir, "--read-data"); r.code != 0 {
+		t.Fatalf("check --read-data of the agent's copy: exit %d: %s %s", r.code, r.stdout, r.stderr)
+	}
+	target := filepath.Join(root, "restored")
+	if r := run(t, "restore", "latest", "--repo", repoDir, "--target", target); r.code != 0 {
+		t.Fatalf("restore: exit %d: %s", r.code, r.stderr)
+	}
+	for i := 0; i < 10; i++ {
+		a, _ := os.ReadFile(filepath.Join(src, fmt.Sprintf("f%d", i)))
+		b, err := os.ReadFile(filepath.Join(target, src, fmt.Sprintf("f%d", i)))
+		if err != nil {
+			b, err = os.ReadFile(filepath.Join(target, "src", fmt.Sprintf("f%d", i)))
+		}
+		if err != nil || !bytes.Equal(a, b) {
+			t.Fatalf("restored f%d differs: %v", i, err)
+		}
+	}
+}
+
+// metric reads one counter from an agent's /metrics on its unix socket.
+func metric(t *testing.T, state, name string) int64 {
+	t.Helper()
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", filepath.Join(state, agent.SocketFile))
+	}}}
+	resp, err := hc.Get("http://agent/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				t.Fatalf("metric %s: %v", line, err)
+			}
+			return int64(f)
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
 }
