@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/zeebo/blake3"
 
@@ -176,6 +177,48 @@ func (s *Service) Adopt(ctx context.Context, repo string, h backend.Handle, from
 // adopted from bulk transfers since it started.
 func (s *Service) Adopted() (packs, bytes int64) {
 	return s.adoptedPacks.Load(), s.adoptedBytes.Load()
+}
+
+// StagedMaxAge is how old a file in the staging directory gets before the
+// pool removes it: what a client killed during a bulk transfer, or before
+// asking for the adoption, left behind (bulk's partial files and journals
+// of a pack, or a whole pack). No pack transfer takes that long.
+const StagedMaxAge = 24 * time.Hour
+
+// sweepStaged removes files in the staging directories last modified
+// before cutoff, and staging directories left empty; it returns how many
+// files it removed.
+func (s *Service) sweepStaged(cutoff time.Time) int {
+	dir := filepath.Join(s.transferRoot(), AdoptDir)
+	repos, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, r := range repos {
+		if !r.IsDir() {
+			continue
+		}
+		rd := filepath.Join(dir, r.Name())
+		ents, err := os.ReadDir(rd)
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			fi, err := e.Info()
+			if err != nil || fi.IsDir() || !fi.ModTime().Before(cutoff) {
+				continue
+			}
+			if os.Remove(filepath.Join(rd, e.Name())) == nil {
+				n++
+			}
+		}
+		_ = os.Remove(rd) // only when empty
+	}
+	if n > 0 {
+		s.log.Info("removed stale staged pack files", "files", n, "dir", dir)
+	}
+	return n
 }
 
 // MaxAdoptSize bounds one adopted pack (the largest pack a repository

@@ -345,3 +345,34 @@ func TestAdoptRefusals(t *testing.T) {
 		t.Errorf("adopted %d packs, %d bytes; want 2, %d", p, b, 2*len(good))
 	}
 }
+
+// TestSweepStaged checks that staged files older than StagedMaxAge (what a
+// killed client leaves) are removed and recent ones, possibly still in
+// transfer, stay.
+func TestSweepStaged(t *testing.T) {
+	c := newCluster(t, []string{"e"}, func(string) Config { return testConfig(1, 1, 64<<20) })
+	n := c.nodes["e"]
+	stage := filepath.Join(n.dir, bulk.InboxDir, AdoptDir, "r1")
+	if err := os.MkdirAll(stage, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-StagedMaxAge - time.Hour)
+	for _, name := range []string{".holdfast-part.p1", ".holdfast-journal.p1", "p2", "fresh", ".holdfast-part.fresh"} {
+		p := filepath.Join(stage, name)
+		if err := os.WriteFile(p, []byte(name), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(name, "fresh") {
+			if err := os.Chtimes(p, old, old); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if got := n.svc.sweepStaged(time.Now().Add(-StagedMaxAge)); got != 3 {
+		t.Errorf("swept %d files, want 3", got)
+	}
+	left := filesUnder(t, stage)
+	if len(left) != 2 || left[0] != ".holdfast-part.fresh" || left[1] != "fresh" {
+		t.Errorf("left staged: %v, want the two fresh files", left)
+	}
+}

@@ -307,9 +307,14 @@ func (s *Service) Run(ctx context.Context) error {
 	defer wg.Wait()
 	t := time.NewTicker(s.cfg.ScanInterval.Duration)
 	defer t.Stop()
+	var swept time.Time
 	for {
 		if err := s.Round(ctx); err != nil && ctx.Err() == nil {
 			s.log.Warn("protection round incomplete", "err", err)
+		}
+		if time.Since(swept) > StagedMaxAge/24 {
+			swept = time.Now()
+			s.sweepStaged(swept.Add(-StagedMaxAge))
 		}
 		select {
 		case <-ctx.Done():
