@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/zeebo/blake3"
+	"golang.org/x/sys/unix"
 
 	"github.com/holdfast/holdfast/internal/agent"
 	"github.com/holdfast/holdfast/internal/bulk"
@@ -259,8 +260,7 @@ func (s *Service) adoptReserved(root *os.Root, rel, final string, h backend.Hand
 	tmpName := tmp.Name()
 	tmp.Close()
 	defer os.Remove(tmpName)
-	src := filepath.Join(s.transferRoot(), filepath.FromSlash(rel))
-	if err := os.Rename(src, tmpName); err != nil {
+	if err := renameStaged(root, rel, tmpName); err != nil {
 		if !errors.Is(err, syscall.EXDEV) {
 			return false, fmt.Errorf("adopting %s from %s: %w", h, rel, err)
 		}
@@ -322,6 +322,27 @@ func (s *Service) adoptReserved(root *os.Root, rel, final string, h backend.Hand
 		d.Close()
 	}
 	return true, nil
+}
+
+// renameStaged renames the staged file rel to dst with renameat(2) from
+// the staging directory opened inside root: a client that swaps a
+// directory of the staging path for a symlink meanwhile cannot make it
+// move a file from elsewhere.
+func renameStaged(root *os.Root, rel, dst string) error {
+	sd, err := root.Open(path.Dir(rel))
+	if err != nil {
+		return err
+	}
+	defer sd.Close()
+	dd, err := os.Open(filepath.Dir(dst))
+	if err != nil {
+		return err
+	}
+	defer dd.Close()
+	if err := unix.Renameat(int(sd.Fd()), path.Base(rel), int(dd.Fd()), filepath.Base(dst)); err != nil {
+		return &os.LinkError{Op: "renameat", Old: rel, New: dst, Err: err}
+	}
+	return nil
 }
 
 // copyStaged copies the staged file rel to dst (an adoption across file
