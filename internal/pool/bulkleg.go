@@ -97,7 +97,9 @@ func (l *bulkLeg) resolveLocked(ctx context.Context) error {
 		}
 		peer = net.JoinHostPort(l.host, port)
 	}
-	cl, err := bulk.NewClient(bulk.ClientConfig{TLS: l.id.ClientTLS(l.log), Node: l.id.Name, Logger: l.log})
+	// Congestion control as `holdfast cp` chooses it by default (auto:
+	// BBR where the kernel has it).
+	cl, err := bulk.NewClient(bulk.ClientConfig{TLS: l.id.ClientTLS(l.log), Node: l.id.Name, CC: "auto", Logger: l.log})
 	if err != nil {
 		return err
 	}
