@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -374,5 +375,59 @@ func TestSweepStaged(t *testing.T) {
 	left := filesUnder(t, stage)
 	if len(left) != 2 || left[0] != ".holdfast-part.fresh" || left[1] != "fresh" {
 		t.Errorf("left staged: %v, want the two fresh files", left)
+	}
+}
+
+// TestAdoptAcrossFileSystems puts the pool on another file system than the
+// transfer root (tmpfs): adoption copies the staged pack instead of
+// renaming it, and the result is the same.
+func TestAdoptAcrossFileSystems(t *testing.T) {
+	shm, err := os.MkdirTemp("/dev/shm", "holdfast-pool-")
+	if err != nil {
+		t.Skipf("no /dev/shm for a second file system: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(shm) })
+	var a, b syscall.Stat_t
+	if syscall.Stat(shm, &a) != nil || syscall.Stat(t.TempDir(), &b) != nil || a.Dev == b.Dev {
+		t.Skip("/dev/shm is on the same file system as the test's temporary directory")
+	}
+	c := newCluster(t, []string{"e"}, func(string) Config {
+		cfg := testConfig(1, 1, 64<<20)
+		cfg.Dir = shm
+		return cfg
+	})
+	n := c.nodes["e"]
+	be, err := DialAgentBackend(n.dir, "", "r1", testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer be.Close()
+	ctx := context.Background()
+	if err := be.Create(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := be.Save(ctx, backend.Handle{Type: backend.ConfigFile}, []byte("config")); err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("pack across file systems "), 40000)
+	sum := blake3.Sum256(data)
+	name := hex.EncodeToString(sum[:])
+	stage := filepath.Join(n.dir, bulk.InboxDir, AdoptDir, "r1")
+	if err := os.MkdirAll(stage, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(stage, "p"), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	size, err := n.svc.Adopt(ctx, "r1", backend.Handle{Type: backend.PackFile, Name: name}, AdoptDir+"/r1/p")
+	if err != nil || size != int64(len(data)) {
+		t.Fatalf("adopt across file systems: %d, %v", size, err)
+	}
+	got, err := os.ReadFile(filepath.Join(shm, LocalDir, "r1", "data", name[:2], name))
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("adopted pack on the other file system: %v", err)
+	}
+	if _, err := os.Lstat(filepath.Join(stage, "p")); err == nil {
+		t.Error("the staged copy was left behind")
 	}
 }
