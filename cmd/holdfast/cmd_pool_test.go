@@ -138,51 +138,14 @@ func TestPoolProcessesSurviveSIGKILLedPeer(t *testing.T) {
 func TestBackupServerPacksByBulk(t *testing.T) {
 	t.Setenv("HOLDFAST_PASSWORD", "cli bulk test")
 	root := t.TempDir()
-	state, client := filepath.Join(root, "e"), filepath.Join(root, "laptop")
-	if r := run(t, "cluster", "init", "--state", state, "--name", "e", "--listen", "127.0.0.1:0"); r.code != 0 {
-		t.Fatalf("init: %s", r.stderr)
-	}
-	ac, err := agent.LoadConfig(state)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ac.APIListen = freePort(t)
-	if err := agent.WriteConfig(state, ac); err != nil {
-		t.Fatal(err)
-	}
-	pc := pool.DefaultConfig()
-	pc.K, pc.M, pc.Capacity, pc.Gossip = 1, 1, 512<<20, "off"
-	if err := pool.WriteConfig(state, pc); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(holdfastBin, "agent", "--state", state, "--log-level", "warn")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	waitStatus(t, state)
-	var st struct{ Listen string }
-	json.Unmarshal([]byte(run(t, "status", "--state", state, "--json").stdout), &st)
-	tok := strings.TrimSpace(run(t, "cluster", "token", "--state", state).stdout)
-	if r := run(t, "cluster", "join", st.Listen, "--token", tok, "--state", client, "--name", "laptop", "--listen", "127.0.0.1:0"); r.code != 0 {
-		t.Fatalf("join: %s", r.stderr)
-	}
+	state, api, client, repoDir := startAPIAgent(t, root)
 	// 40 MiB of incompressible files: two full 16 MiB packs and a rest.
 	src := filepath.Join(root, "src")
-	os.MkdirAll(src, 0o755)
-	rng := rand.New(rand.NewPCG(7, 8))
-	for i := 0; i < 10; i++ {
-		b := make([]byte, 4<<20)
-		for j := 0; j < len(b); j += 8 {
-			binary.LittleEndian.PutUint64(b[j:], rng.Uint64())
-		}
-		os.WriteFile(filepath.Join(src, fmt.Sprintf("f%d", i)), b, 0o644)
-	}
-	r := run(t, "backup", "--server", ac.APIListen, "--client-state", client, "--repo", "laptop", src)
+	writeRandomTree(t, src, 10, 7)
+	r := run(t, "backup", "--server", api, "--client-state", client, "--repo", "laptop", src)
 	if r.code != 0 {
 		t.Fatalf("backup --server: exit %d: %s", r.code, r.stderr)
 	}
-	repoDir := filepath.Join(state, pc.Dir, pool.LocalDir, "laptop")
 	var big, bigBytes int64
 	filepath.WalkDir(filepath.Join(repoDir, "data"), func(p string, d fs.DirEntry, err error) error {
 		if fi, e := d.Info(); err == nil && e == nil && fi.Mode().IsRegular() && fi.Size() >= pool.DefaultBulkThreshold {
@@ -198,47 +161,162 @@ func TestBackupServerPacksByBulk(t *testing.T) {
 	if ents, _ := os.ReadDir(filepath.Join(state, "inbox", pool.AdoptDir, "laptop")); len(ents) != 0 {
 		t.Errorf("%d files left staged", len(ents))
 	}
+	checkAndRestore(t, repoDir, src, 10)
+}
+
+// checkAndRestore runs `check --read-data` on the repository in repoDir,
+// restores its latest snapshot and compares the n files of src.
+func checkAndRestore(t *testing.T, repoDir, src string, n int) {
+	t.Helper()
 	if r := run(t, "check", "--repo", repoDir, "--read-data"); r.code != 0 {
 		t.Fatalf("check --read-data of the agent's copy: exit %d: %s %s", r.code, r.stdout, r.stderr)
 	}
-	target := filepath.Join(root, "restored")
+	target := t.TempDir()
 	if r := run(t, "restore", "latest", "--repo", repoDir, "--target", target); r.code != 0 {
 		t.Fatalf("restore: exit %d: %s", r.code, r.stderr)
 	}
-	for i := 0; i < 10; i++ {
+	for i := 0; i < n; i++ {
 		a, _ := os.ReadFile(filepath.Join(src, fmt.Sprintf("f%d", i)))
-		b, err := os.ReadFile(filepath.Join(target, src, fmt.Sprintf("f%d", i)))
-		if err != nil {
-			b, err = os.ReadFile(filepath.Join(target, "src", fmt.Sprintf("f%d", i)))
-		}
+		b, err := os.ReadFile(filepath.Join(target, filepath.Base(src), fmt.Sprintf("f%d", i)))
 		if err != nil || !bytes.Equal(a, b) {
 			t.Fatalf("restored f%d differs: %v", i, err)
 		}
 	}
 }
 
-// metric reads one counter from an agent's /metrics on its unix socket.
-func metric(t *testing.T, state, name string) int64 {
+// startAPIAgent starts a real agent process in root/e with a TCP API on
+// loopback and the default services, and joins a client identity in
+// root/laptop that runs no agent. It returns the agent's state directory,
+// its API address, the client's state directory and the directory of the
+// pool repository "laptop".
+func startAPIAgent(t *testing.T, root string) (state, api, client, repoDir string) {
 	t.Helper()
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", filepath.Join(state, agent.SocketFile))
-	}}}
-	resp, err := hc.Get("http://agent/metrics")
+	state, client = filepath.Join(root, "e"), filepath.Join(root, "laptop")
+	if r := run(t, "cluster", "init", "--state", state, "--name", "e", "--listen", "127.0.0.1:0"); r.code != 0 {
+		t.Fatalf("init: %s", r.stderr)
+	}
+	ac, err := agent.LoadConfig(state)
 	if err != nil {
 		t.Fatal(err)
+	}
+	ac.APIListen = freePort(t)
+	if err := agent.WriteConfig(state, ac); err != nil {
+		t.Fatal(err)
+	}
+	pc := pool.DefaultConfig()
+	pc.K, pc.M, pc.Capacity, pc.Gossip = 1, 1, 1<<30, "off"
+	if err := pool.WriteConfig(state, pc); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(holdfastBin, "agent", "--state", state, "--log-level", "warn")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	waitStatus(t, state)
+	var st struct{ Listen string }
+	json.Unmarshal([]byte(run(t, "status", "--state", state, "--json").stdout), &st)
+	tok := strings.TrimSpace(run(t, "cluster", "token", "--state", state).stdout)
+	if r := run(t, "cluster", "join", st.Listen, "--token", tok, "--state", client, "--name", "laptop", "--listen", "127.0.0.1:0"); r.code != 0 {
+		t.Fatalf("join: %s", r.stderr)
+	}
+	return state, ac.APIListen, client, filepath.Join(state, pc.Dir, pool.LocalDir, "laptop")
+}
+
+// writeRandomTree writes n files of 4 MiB of incompressible bytes.
+func writeRandomTree(t *testing.T, dir string, n int, seed uint64) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(seed, seed+1))
+	for i := 0; i < n; i++ {
+		b := make([]byte, 4<<20)
+		for j := 0; j < len(b); j += 8 {
+			binary.LittleEndian.PutUint64(b[j:], rng.Uint64())
+		}
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("f%d", i)), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestBackupServerKilledDuringBulk SIGKILLs `backup --server` once the
+// agent has adopted its first pack, while more are on the way by bulk
+// transfer: the repository on the agent stays sound (check --read-data),
+// the next backup completes and restores, and what the killed client left
+// lies only in the staging directory.
+func TestBackupServerKilledDuringBulk(t *testing.T) {
+	t.Setenv("HOLDFAST_PASSWORD", "cli bulk kill test")
+	root := t.TempDir()
+	state, api, client, repoDir := startAPIAgent(t, root)
+	src := filepath.Join(root, "src")
+	writeRandomTree(t, src, 48, 9)
+	cmd := exec.Command(holdfastBin, "backup", "--server", api, "--client-state", client, "--repo", "laptop", src)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for metricOr(state, "holdfast_pool_adopted_packs_total", 0) < 1 {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatal("no pack adopted within 30s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	werr := cmd.Wait()
+	killedAt := metric(t, state, "holdfast_pool_adopted_packs_total")
+	t.Logf("backup SIGKILLed (%v) after %d packs adopted", werr, killedAt)
+	if r := run(t, "check", "--repo", repoDir, "--read-data"); r.code != 0 {
+		t.Fatalf("check --read-data after the kill: exit %d: %s %s", r.code, r.stdout, r.stderr)
+	}
+	if r := run(t, "backup", "--server", api, "--client-state", client, "--repo", "laptop", src); r.code != 0 {
+		t.Fatalf("backup after the kill: exit %d: %s", r.code, r.stderr)
+	}
+	checkAndRestore(t, repoDir, src, 48)
+	// Nothing but packs in the repository's data directory.
+	filepath.WalkDir(filepath.Join(repoDir, "data"), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasPrefix(d.Name(), ".") {
+			t.Errorf("temporary file in the repository: %s", p)
+		}
+		return nil
+	})
+}
+
+// metricOr is metric, or def when the agent does not answer.
+func metricOr(state, name string, def int64) int64 {
+	hc := unixClient(state)
+	resp, err := hc.Get("http://agent/metrics")
+	if err != nil {
+		return def
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	for _, line := range strings.Split(string(body), "\n") {
 		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			if err != nil {
-				t.Fatalf("metric %s: %v", line, err)
+			if f, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil {
+				return int64(f)
 			}
-			return int64(f)
 		}
 	}
-	t.Fatalf("no metric %s", name)
-	return 0
+	return def
+}
+
+func unixClient(state string) *http.Client {
+	return &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", filepath.Join(state, agent.SocketFile))
+	}}}
+}
+
+// metric reads one counter from an agent's /metrics on its unix socket.
+func metric(t *testing.T, state, name string) int64 {
+	t.Helper()
+	v := metricOr(state, name, -1)
+	if v < 0 {
+		t.Fatalf("no metric %s from the agent in %s", name, state)
+	}
+	return v
 }
