@@ -337,6 +337,29 @@ func TestAdoptRefusals(t *testing.T) {
 	if stored(hugeName) {
 		t.Error("a pack that does not fit was stored")
 	}
+	// A staging directory that is a symlink to a directory elsewhere.
+	be3, err := DialAgentBackend(n.dir, "", "r3", testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer be3.Close()
+	if err := be3.Create(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := be3.Save(ctx, backend.Handle{Type: backend.ConfigFile}, []byte("config")); err != nil {
+		t.Fatal(err)
+	}
+	elsewhere := t.TempDir()
+	write(filepath.Join(elsewhere, "p"), good)
+	if err := os.Symlink(elsewhere, filepath.Join(root, AdoptDir, "r3")); err != nil {
+		t.Fatal(err)
+	}
+	if code, msg := adoptIn("r3", "data", goodName, AdoptDir+"/r3/p"); code != 400 || !strings.Contains(msg, "not a directory") {
+		t.Errorf("adopting through a symlinked staging directory: %d %s, want 400", code, msg)
+	}
+	if _, err := os.Stat(filepath.Join(elsewhere, "p")); err != nil {
+		t.Errorf("the file behind a symlinked staging directory was moved: %v", err)
+	}
 	// A repository that does not exist.
 	write(filepath.Join(root, AdoptDir, "nope", "x"), good)
 	if code, msg := adoptIn("nope", "data", goodName, AdoptDir+"/nope/x"); code != 404 {
