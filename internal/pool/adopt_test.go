@@ -90,6 +90,25 @@ func backupRestore(t *testing.T, be backend.Backend, seed uint64, size int) (src
 	return src, sn
 }
 
+// agentRepo creates repository name in n's pool through its unix socket
+// API (directories and a config file) and returns the backend.
+func agentRepo(t *testing.T, n *tnode, name string) *AgentBackend {
+	t.Helper()
+	ctx := context.Background()
+	be, err := DialAgentBackend(n.dir, "", name, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { be.Close() })
+	if err := be.Create(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := be.Save(ctx, backend.Handle{Type: backend.ConfigFile}, []byte("config")); err != nil {
+		t.Fatal(err)
+	}
+	return be
+}
+
 // packSizes lists the pack files of a local repository directory.
 func packSizes(t *testing.T, dir string) map[string]int64 {
 	t.Helper()
@@ -197,17 +216,7 @@ func TestAdoptRefusals(t *testing.T) {
 	ctx := context.Background()
 	c := newCluster(t, []string{"e"}, func(string) Config { return testConfig(1, 1, 64<<20) })
 	n := c.nodes["e"]
-	be, err := DialAgentBackend(n.dir, "", "r1", testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer be.Close()
-	if err := be.Create(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := be.Save(ctx, backend.Handle{Type: backend.ConfigFile}, []byte("config")); err != nil {
-		t.Fatal(err)
-	}
+	be := agentRepo(t, n, "r1")
 	root := filepath.Join(n.dir, bulk.InboxDir)
 	stage := filepath.Join(root, AdoptDir, "r1")
 	if err := os.MkdirAll(stage, 0o700); err != nil {
@@ -338,17 +347,7 @@ func TestAdoptRefusals(t *testing.T) {
 		t.Error("a pack that does not fit was stored")
 	}
 	// A staging directory that is a symlink to a directory elsewhere.
-	be3, err := DialAgentBackend(n.dir, "", "r3", testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer be3.Close()
-	if err := be3.Create(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := be3.Save(ctx, backend.Handle{Type: backend.ConfigFile}, []byte("config")); err != nil {
-		t.Fatal(err)
-	}
+	agentRepo(t, n, "r3")
 	elsewhere := t.TempDir()
 	write(filepath.Join(elsewhere, "p"), good)
 	if err := os.Symlink(elsewhere, filepath.Join(root, AdoptDir, "r3")); err != nil {
@@ -420,18 +419,8 @@ func TestAdoptAcrossFileSystems(t *testing.T) {
 		return cfg
 	})
 	n := c.nodes["e"]
-	be, err := DialAgentBackend(n.dir, "", "r1", testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer be.Close()
+	agentRepo(t, n, "r1")
 	ctx := context.Background()
-	if err := be.Create(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := be.Save(ctx, backend.Handle{Type: backend.ConfigFile}, []byte("config")); err != nil {
-		t.Fatal(err)
-	}
 	data := bytes.Repeat([]byte("pack across file systems "), 40000)
 	sum := blake3.Sum256(data)
 	name := hex.EncodeToString(sum[:])
