@@ -203,7 +203,18 @@ func (c *Client) Pooled(peer string) int {
 // acquire returns n connections to peer: pooled ones first (re-primed when
 // their window collapsed while idle), then new ones, dialled and primed in
 // parallel. It fails only when no connection at all can be had.
-func (c *Client) acquire(ctx context.Context, peer string, n int, onDial func(*net.TCPConn)) ([]*conn, error) {
+// acquireOpts shape how acquire prepares connections.
+type acquireOpts struct {
+	// onDial sees each new TCP connection as soon as it connects.
+	onDial func(*net.TCPConn)
+	// noPrimeTraffic skips priming traffic (RTT and buffers are still
+	// measured and sized): for connections joining a paced transfer that
+	// already keeps the path full, where traffic outside the pacer would
+	// only overflow the bottleneck queue.
+	noPrimeTraffic bool
+}
+
+func (c *Client) acquire(ctx context.Context, peer string, n int, ao acquireOpts) ([]*conn, error) {
 	c.mu.Lock()
 	pool := c.idle[peer]
 	var got []*conn
@@ -218,6 +229,9 @@ func (c *Client) acquire(ctx context.Context, peer string, n int, onDial func(*n
 	c.mu.Unlock()
 	for _, cn := range got {
 		cn.prime.Reprimed = false
+		if ao.noPrimeTraffic {
+			continue
+		}
 		if err := cn.reprime(ctx); err != nil {
 			c.log.Debug("dropping a pooled connection; a new one replaces it", "peer", peer, "conn", cn.id, "err", err)
 			cn.sess.Close()
@@ -241,7 +255,7 @@ func (c *Client) acquire(ctx context.Context, peer string, n int, onDial func(*n
 	ch := make(chan res, need)
 	for i := 0; i < need; i++ {
 		go func() {
-			cn, err := c.dial(ctx, peer, n, onDial)
+			cn, err := c.dial(ctx, peer, n, ao)
 			ch <- res{cn, err}
 		}()
 	}
@@ -291,9 +305,8 @@ func (c *Client) learn(peer string, rtt time.Duration, bw float64) {
 	}
 }
 
-// dial opens and primes one connection to peer. onDial, when set, sees the
-// TCP connection as soon as it is connected, before TLS and priming.
-func (c *Client) dial(ctx context.Context, peer string, share int, onDial func(*net.TCPConn)) (*conn, error) {
+// dial opens and primes one connection to peer (see acquireOpts).
+func (c *Client) dial(ctx context.Context, peer string, share int, ao acquireOpts) (*conn, error) {
 	if c.cfg.TLS == nil {
 		return nil, errors.New("bulk: this side cannot open connections (serving a fetch)")
 	}
@@ -352,8 +365,8 @@ func (c *Client) dial(ctx context.Context, peer string, share int, onDial func(*
 			nc.Close()
 			return nil, errNoTCP
 		}
-		if onDial != nil {
-			onDial(tcp)
+		if ao.onDial != nil {
+			ao.onDial(tcp)
 		}
 		return c.monitor(tcp, peer), nil
 	}
@@ -371,7 +384,7 @@ func (c *Client) dial(ctx context.Context, peer string, share int, onDial func(*
 		return nil, errNoTCP
 	}
 	cn.sess = s
-	if err := cn.primeConn(ctx, bw, share, c.cfg.CC); err != nil {
+	if err := cn.primeConn(ctx, bw, share, c.cfg.CC, !ao.noPrimeTraffic); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("priming connection to %s: %w", peer, err)
 	}

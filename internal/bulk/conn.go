@@ -262,10 +262,10 @@ func (c *conn) primeTraffic(ctx context.Context, target int64) (int64, error) {
 }
 
 // primeConn measures c's RTT, sizes its send buffer to the bandwidth-delay
-// product for bandwidth bw (bytes per second) and sends priming traffic to
-// open its window to its share (1/share) of that product, recording the
-// congestion window before and after.
-func (c *conn) primeConn(ctx context.Context, bw float64, share int, wantCC string) error {
+// product for bandwidth bw (bytes per second) and, when traffic is set,
+// sends priming traffic to open its window to its share (1/share) of that
+// product, recording the congestion window before and after.
+func (c *conn) primeConn(ctx context.Context, bw float64, share int, wantCC string, traffic bool) error {
 	t0 := time.Now()
 	rtt, err := measureRTT(ctx, c.sess)
 	if err != nil {
@@ -306,9 +306,11 @@ func (c *conn) primeConn(ctx context.Context, bw float64, share int, wantCC stri
 	p.CwndBefore = cwndBytes(before)
 	// Open the window to this connection's share of the BDP.
 	target := min(max(p.BDP/int64(max(share, 1)), minPrimeTarget), MaxPrimeBytes/2)
-	n, err := c.primeTraffic(ctx, target)
-	if err != nil {
-		return err
+	var n int64
+	if traffic {
+		if n, err = c.primeTraffic(ctx, target); err != nil {
+			return err
+		}
 	}
 	after, err := tcpInfo(c.tcp)
 	if err != nil {

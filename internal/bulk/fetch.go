@@ -42,7 +42,7 @@ func (c *Client) Fetch(ctx context.Context, peer string, srcs []string, dst stri
 		n = min(4, opts.MaxStreams)
 	}
 	pooled := c.Pooled(peer)
-	cs, err := c.acquire(ctx, peer, n, opts.OnDial)
+	cs, err := c.acquire(ctx, peer, n, acquireOpts{onDial: opts.OnDial})
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", peer, err)
 	}
@@ -197,7 +197,7 @@ func (s *Service) handleFetch(ctx context.Context, req *wire.Request) ([]byte, e
 		}
 		s.fetchConns[sess] = cn
 		s.fmu.Unlock()
-		if err := cn.primeConn(ctx, DefaultAssumedBandwidth, len(sessions), ""); err != nil {
+		if err := cn.primeConn(ctx, DefaultAssumedBandwidth, len(sessions), "", true); err != nil {
 			s.log.Warn("priming a fetch connection failed", "err", err)
 			continue
 		}

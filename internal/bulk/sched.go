@@ -625,7 +625,7 @@ func (t *transfer) schedule(rep *Report) {
 		live := t.liveLocked(now, stall)
 		if len(live) == 0 {
 			t.mu.Unlock()
-			cs, err := t.cl.acquire(t.ctx, t.peer, 1, t.onDial)
+			cs, err := t.cl.acquire(t.ctx, t.peer, 1, acquireOpts{onDial: t.onDial})
 			if err != nil {
 				t.mu.Lock()
 				t.fatal = fmt.Errorf("bulk: every connection to %s was lost and none could be reopened (rerun with --resume): %w", t.peer, err)
@@ -687,7 +687,12 @@ func (t *transfer) schedule(rep *Report) {
 		if grow > 0 {
 			adding = true
 			go func(n int) {
-				cs, err := t.cl.acquire(t.ctx, t.peer, n, t.onDial)
+				// Connections joining a paced transfer are not primed: the
+				// others keep the path full, and priming traffic goes
+				// outside the pacer (measured: bursts of hundreds of drops
+				// at a shallow bottleneck queue). Their first blocks are
+				// paced like the rest.
+				cs, err := t.cl.acquire(t.ctx, t.peer, n, acquireOpts{onDial: t.onDial, noPrimeTraffic: !t.opts.NoPace})
 				if err != nil {
 					t.cl.log.Debug("adding connections", "err", err)
 				}

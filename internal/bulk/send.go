@@ -390,7 +390,7 @@ func (t *transfer) run(ctx context.Context, entries []source, dst string, multi 
 	}
 	pooledBefore := t.cl.Pooled(t.peer)
 	t0 := time.Now()
-	cs, err := t.cl.acquire(t.ctx, t.peer, want, t.onDial)
+	cs, err := t.cl.acquire(t.ctx, t.peer, want, acquireOpts{onDial: t.onDial})
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", t.peer, err)
 	}
