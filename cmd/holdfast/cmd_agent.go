@@ -68,7 +68,7 @@ type serviceOptions struct {
 // agentServices returns the feature services an agent runs.
 func agentServices(o serviceOptions) []agent.Service {
 	return []agent.Service{
-		pool.NewService(pool.Options{}),
+		pool.NewService(pool.Options{TransferRoot: o.transferRoot}),
 		cdp.NewService(cdp.ServiceOptions{NBDListen: o.nbdListen, TransferRoot: o.transferRoot}),
 		bulk.NewAgentService(o.transferRoot),
 	}
