@@ -222,7 +222,10 @@ func (t *transfer) sendBlock(st *connState, ref blockRef, buf []byte) error {
 	h.Msg = t.nextMsg
 	t.mu.Unlock()
 
-	if err := t.pacer.Wait(t.sendCtx, len(payload)); err != nil {
+	w0 := time.Now()
+	err := t.pacer.Wait(t.sendCtx, len(payload))
+	t.paceWait.Add(int64(time.Since(w0)))
+	if err != nil {
 		if t.ctx.Err() == nil {
 			return errStopped
 		}
@@ -242,7 +245,7 @@ func (t *transfer) sendBlock(st *connState, ref blockRef, buf []byte) error {
 	if mon != nil {
 		mon.Sent(h.Msg, mon.Offset(), len(payload), now)
 	}
-	err := st.c.sess.Send(t.ctx, MsgBlock, payload)
+	err = st.c.sess.Send(t.ctx, MsgBlock, payload)
 	if mon != nil && err == nil {
 		mon.SentEnd(h.Msg) // TLS and framing add bytes: the message ends here
 	}
@@ -486,6 +489,26 @@ type streamCtl struct {
 	hold   int       // epochs to wait before trying to grow again
 	grew   bool      // the last step grew k
 	qs     []float64 // queueing samples of this epoch, one per sub-transfer
+	wait0  int64     // transfer.paceWait at the epoch's start
+	// paced marks a congestion control that finds the path's rate per
+	// flow (bbr): a few flows fill the path, so growth needs a baseline
+	// epoch first and a clear gain (paceGain), not just goodput noise.
+	paced  bool
+	epochs int // epochs decided so far
+}
+
+// paceGain is the goodput gain that justifies more flows under bbr, and
+// paceBaseline the epochs measured before any growth.
+const (
+	paceGain     = 0.15
+	paceBaseline = 3
+)
+
+func (c *streamCtl) margin() float64 {
+	if c.paced {
+		return paceGain
+	}
+	return growMargin
 }
 
 // epochQueue returns the median queueing sample of the epoch and starts a
@@ -524,7 +547,12 @@ func (c *streamCtl) step(g, q float64) int {
 	c.last = g
 	grew := c.grew
 	c.grew = false
-	if grew && g < prevG*(1+growMargin) && (q < 0 || q >= queueFree) {
+	c.epochs++
+	if c.paced && c.epochs <= paceBaseline {
+		c.best = g // baselines first: bbr's startup inflates the next epochs' gain
+		return c.k
+	}
+	if grew && g < prevG*(1+c.margin()) && (q < 0 || q >= queueFree) {
 		// The last batch added nothing and a queue (or nothing) says why:
 		// go back to what we had, and wait before trying again.
 		c.k = max(c.prevK, 1)
@@ -537,7 +565,7 @@ func (c *streamCtl) step(g, q float64) int {
 		return c.k
 	}
 	room := q >= 0 && q < queueFree
-	better := g > prevG*(1+growMargin)
+	better := g > prevG*(1+c.margin())
 	if c.k < c.max && (room && g >= 0.8*c.best || (q < 0 || q < queueFull) && better) {
 		c.prevK = c.k
 		if room || prevG == 0 || g >= 1.3*prevG {
@@ -578,7 +606,7 @@ func (t *transfer) schedule(rep *Report) {
 	auto := t.opts.Streams == 0 && !t.opts.Fair
 	t.mu.Lock()
 	rtt := t.rtt
-	ctl := streamCtl{k: len(t.conns), max: t.opts.MaxStreams}
+	ctl := streamCtl{k: len(t.conns), max: t.opts.MaxStreams, paced: t.cl.cfg.CC == "bbr"}
 	if !auto {
 		ctl.k = max(t.opts.Streams, 1)
 	}
@@ -605,9 +633,9 @@ func (t *transfer) schedule(rep *Report) {
 			for _, cn := range cs {
 				t.addConn(cn, false)
 			}
-			t.est.Probe()
 			t.mu.Lock()
 			ctl.epoch, ctl.acked0, ctl.qs = time.Now(), t.acked, ctl.qs[:0]
+			ctl.wait0 = t.paceWait.Load()
 			t.mu.Unlock()
 		case <-tick.C:
 		case <-t.wake:
@@ -671,12 +699,18 @@ func (t *transfer) schedule(rep *Report) {
 					// above the path's rate adds drops).
 					q = -1
 				}
+				// The share of the connections' time spent waiting for a
+				// pacing slot: when pacing holds them back, the aggregate is
+				// at the estimated path rate and more connections cannot
+				// help (they would only add slow-start bursts).
+				waited := time.Duration(t.paceWait.Load() - ctl.wait0)
+				paced := waited.Seconds()/(d.Seconds()*float64(len(live))) > 0.25
 				k := ctl.k
-				if lim := t.opts.RateLimit; lim <= 0 || g < 0.8*lim {
+				if lim := t.opts.RateLimit; (lim <= 0 || g < 0.8*lim) && !paced {
 					k = ctl.step(g, q) // near --rate-limit more connections cannot help
 				}
-				t.cl.log.Debug("streams auto", "goodput_mbit", g*8/1e6, "queueing", q, "streams", k, "conns", len(live))
-				ctl.epoch, ctl.acked0 = now, t.acked
+				t.cl.log.Debug("streams auto", "goodput_mbit", g*8/1e6, "queueing", q, "pacing_bound", paced, "streams", k, "conns", len(live))
+				ctl.epoch, ctl.acked0, ctl.wait0 = now, t.acked, t.paceWait.Load()
 				grow = k - len(live)
 			}
 		}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/holdfast/holdfast/internal/pace"
@@ -212,10 +213,11 @@ type transfer struct {
 	commitsClosed bool
 	lastAck       time.Time
 	recvRate      float64
-	endgame       bool    // the queue is empty: idle connections copy late blocks
-	finished      bool    // no more blocks are taken
-	medRate       float64 // median measured connection rate (bytes/s)
-	sending       int     // workers between taking a block and its Send returning
+	endgame       bool         // the queue is empty: idle connections copy late blocks
+	finished      bool         // no more blocks are taken
+	medRate       float64      // median measured connection rate (bytes/s)
+	paceWait      atomic.Int64 // ns workers spent waiting for pacing slots
+	sending       int          // workers between taking a block and its Send returning
 	stopSends     context.CancelFunc
 	sendCtx       context.Context // ends pacer waits when the transfer finishes
 	wake          chan struct{}   // wakes the scheduler when a file is done or a connection fails

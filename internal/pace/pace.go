@@ -201,18 +201,6 @@ func (e *Estimator) Restart(now time.Time) {
 	e.mu.Unlock()
 }
 
-// Probe re-enters the startup phase (pacing at twice the estimate until it
-// stops growing): call it when the sender adds capacity, such as more
-// connections, so that pacing does not hold the new total to the old
-// estimate.
-func (e *Estimator) Probe() {
-	e.mu.Lock()
-	e.startup, e.plateau = true, 0
-	e.lastMax = e.bandwidthLocked()
-	e.probe, e.cruise = maxProbe, minCruise
-	e.mu.Unlock()
-}
-
 // KernelRate reports the sum over the transfer's sockets of TCP_INFO's
 // delivery rate (bytes per second); it is used as a sample too, since the
 // kernel measures it per ack.
