@@ -182,6 +182,11 @@ func (t *transfer) dueLocked(st *connState) time.Duration {
 	if st.measured && st.rate > 0 {
 		r = st.rate
 	}
+	return t.dueAt(st, r)
+}
+
+// dueAt is dueLocked at delivery rate r (bytes/s; 0: unknown, one second).
+func (t *transfer) dueAt(st *connState, r float64) time.Duration {
 	d := time.Second
 	if r > 0 {
 		d = time.Duration(2 * float64(max(st.unacked, int64(t.bs))) / r * float64(time.Second))
@@ -894,10 +899,7 @@ func (t *transfer) measureLocked(live []*connState, d time.Duration) {
 		// A block waiting far longer than the median connection would
 		// take to deliver all st holds marks st as falling behind, even
 		// before its own rate is measured.
-		saved := st.measured
-		st.measured = false
-		late := t.dueLocked(st)
-		st.measured = saved
+		late := t.dueAt(st, med)
 		if old := st.oldestLocked(); !old.IsZero() && now.Sub(old) > late {
 			n := t.copyInflightLocked(st)
 			t.benchLocked(st, "its blocks wait far longer than the others'")
