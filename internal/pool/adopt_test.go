@@ -322,7 +322,13 @@ func TestAdoptRefusals(t *testing.T) {
 	}
 	// The same pack again (a retried request) is accepted and not counted
 	// twice in the pool's local usage.
-	used := n.svc.Info().LocalUsed
+	// Usage is first brought up to date with the disk: the repository's
+	// config, saved before, is counted only by the next protection round's
+	// scan, which may come at any moment.
+	used, err := n.svc.scanLocalUsage()
+	if err != nil {
+		t.Fatal(err)
+	}
 	write(filepath.Join(stage, "again"), good)
 	if code, msg := adopt("data", goodName, AdoptDir+"/r1/again"); code != 200 {
 		t.Errorf("adopting the same pack again: %d %s", code, msg)
