@@ -734,8 +734,16 @@ func (a *archiver) saveFile(job fileJob) error {
 	return nil
 }
 
-// storeChunk compresses, encrypts and writes one data blob.
+// storeChunk compresses, encrypts and writes one data blob; small ones go
+// into a group (format 2).
 func (a *archiver) storeChunk(id ID, data []byte) error {
+	if a.r.cfg.grouped() && len(data) < groupBlobMax {
+		err := a.pw.addToGroup(DataBlob, id, data)
+		if err != nil {
+			a.pw.setErr(err)
+		}
+		return err
+	}
 	bp, enc := a.r.sealBlob(data)
 	err := a.pw.addEncrypted(DataBlob, id, enc, len(data))
 	putBuf(bp)

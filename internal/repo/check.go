@@ -239,13 +239,17 @@ func (r *Repository) verifyPack(ctx context.Context, p *IndexPack) ([]DamagedBlo
 	} else if len(hdr) != len(p.Blobs) {
 		packErr = errors.Join(packErr, fmt.Errorf("header lists %d blobs, index %d", len(hdr), len(p.Blobs)))
 	}
+	// Objects are decrypted in place (data is not used afterwards); the
+	// cache decodes a group once for all its members.
+	var cache objectCache
+	defer cache.release()
 	for _, b := range p.Blobs {
 		end := int64(b.Offset) + int64(b.Length)
 		if end > int64(len(data)) {
 			damaged = append(damaged, DamagedBlob{ID: b.ID, Type: b.Type.String(), Pack: p.ID, Error: "beyond end of pack"})
 			continue
 		}
-		if _, err := r.decodeBlob(BlobLocation{Pack: p.ID, PackedBlob: b}, data[b.Offset:end]); err != nil {
+		if _, err := r.openBlobAt(&cache, BlobLocation{Pack: p.ID, PackedBlob: b}, data[b.Offset:end]); err != nil {
 			damaged = append(damaged, DamagedBlob{ID: b.ID, Type: b.Type.String(), Pack: p.ID, Error: err.Error()})
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -77,9 +78,22 @@ func flipBitInBlob(t *testing.T, r *Repository, dir string, id ID) ID {
 	return loc.Pack
 }
 
+// TestBitFlipCheckAndRestore damages one small file's blob. In a format 1
+// repository only that blob is damaged; in format 2 the blob shares its
+// stored object (a group) with other small blobs, and check must name
+// exactly the group's members and their files, and restore every other
+// file intact.
 func TestBitFlipCheckAndRestore(t *testing.T) {
+	for _, version := range []int{1, 2} {
+		t.Run(fmt.Sprintf("format%d", version), func(t *testing.T) { testBitFlip(t, version) })
+	}
+}
+
+func testBitFlip(t *testing.T, version int) {
 	ctx := context.Background()
-	r, dir := newTestRepo(t)
+	opts := testInitOptions(t)
+	opts.FormatVersion = version
+	r, dir := newTestRepoOpts(t, opts)
 	src := filepath.Join(t.TempDir(), "src")
 	makeTree(t, src, 4)
 	sn, _, err := r.Backup(ctx, []string{src}, BackupOptions{})
@@ -90,15 +104,37 @@ func TestBitFlipCheckAndRestore(t *testing.T) {
 		t.Fatalf("check of a fresh repository: %v %+v", err, res.Errors)
 	}
 	// Damage the one chunk of d/b/f1a (a small file, one blob).
+	files := map[ID][]string{} // blob -> files holding it
 	var victim *Node
 	r.Walk(ctx, sn.ID, func(p string, n *Node) error {
 		if p == "src/d/b/f1a" {
 			victim = n
 		}
+		for _, id := range n.Content {
+			files[id] = append(files[id], p)
+		}
 		return nil
 	})
 	if victim == nil || len(victim.Content) == 0 {
 		t.Fatalf("victim file not found or empty: %+v", victim)
+	}
+	vloc, _ := r.idx.lookup(victim.Content[0])
+	if vloc.Grouped != (version >= 2) {
+		t.Fatalf("format %d: small blob grouped = %v", version, vloc.Grouped)
+	}
+	// The blobs stored in the damaged object, and the files they are in.
+	wantBlobs := map[ID]bool{}
+	wantFiles := map[string]bool{}
+	for _, b := range r.idx.packs[vloc.Pack].Blobs {
+		if b.ID == vloc.ID || b.sameObject(vloc.PackedBlob) {
+			wantBlobs[b.ID] = true
+			for _, f := range files[b.ID] {
+				wantFiles[f] = true
+			}
+		}
+	}
+	if version >= 2 && len(wantBlobs) < 2 {
+		t.Fatalf("the victim's group holds %d blobs, want several", len(wantBlobs))
 	}
 	pack := flipBitInBlob(t, r, dir, victim.Content[0])
 
@@ -114,12 +150,24 @@ func TestBitFlipCheckAndRestore(t *testing.T) {
 	if len(res.DamagedPacks) != 1 || res.DamagedPacks[0] != pack.String() {
 		t.Errorf("damaged packs %v, want [%s]", res.DamagedPacks, pack)
 	}
-	if len(res.DamagedBlobs) != 1 || res.DamagedBlobs[0].ID != victim.Content[0] {
-		t.Fatalf("damaged blobs %+v, want only %s", res.DamagedBlobs, victim.Content[0].Short())
+	if len(res.DamagedBlobs) != len(wantBlobs) {
+		t.Fatalf("damaged blobs %+v, want the %d of the damaged object", res.DamagedBlobs, len(wantBlobs))
 	}
-	want := sn.ID.Short() + ":/src/d/b/f1a"
-	if got := res.DamagedBlobs[0].Files; len(got) != 1 || got[0] != want {
-		t.Errorf("damaged blob attributed to %v, want [%s]", got, want)
+	for _, d := range res.DamagedBlobs {
+		if !wantBlobs[d.ID] {
+			t.Errorf("blob %s reported damaged, not in the damaged object", d.ID.Short())
+		}
+		if len(d.Files) != len(files[d.ID]) {
+			t.Errorf("damaged blob %s attributed to %v, want %v", d.ID.Short(), d.Files, files[d.ID])
+		}
+		for i, f := range d.Files {
+			if want := sn.ID.Short() + ":/" + files[d.ID][i]; i < len(files[d.ID]) && f != want {
+				t.Errorf("damaged blob %s attributed to %s, want %s", d.ID.Short(), f, want)
+			}
+		}
+	}
+	if !wantFiles["src/d/b/f1a"] {
+		t.Fatalf("the victim is not among the damaged files %v", wantFiles)
 	}
 
 	target := t.TempDir()
@@ -127,12 +175,20 @@ func TestBitFlipCheckAndRestore(t *testing.T) {
 	if !errors.Is(err, ErrRestoreIncomplete) {
 		t.Fatalf("restore = %v, want ErrRestoreIncomplete", err)
 	}
-	if len(sum.Damaged) != 1 || !strings.HasSuffix(sum.Damaged[0], "src/d/b/f1a") {
-		t.Errorf("damaged files %v, want only src/d/b/f1a", sum.Damaged)
+	if len(sum.Damaged) != len(wantFiles) {
+		t.Errorf("damaged files %v, want %v", sum.Damaged, wantFiles)
+	}
+	for _, d := range sum.Damaged {
+		if !wantFiles[d] {
+			t.Errorf("restore reports %s damaged, not one of %v", d, wantFiles)
+		}
 	}
 	// Every other file is restored intact.
-	os.Remove(filepath.Join(src, "d", "b", "f1a"))
-	os.Remove(filepath.Join(target, "src", "d", "b", "f1a"))
+	for f := range wantFiles {
+		rel := strings.TrimPrefix(f, "src/")
+		os.Remove(filepath.Join(src, rel))
+		os.Remove(filepath.Join(target, "src", rel))
+	}
 	compareTrees(t, src, filepath.Join(target, "src"))
 }
 

@@ -42,12 +42,18 @@ const testPass = "correct horse battery staple"
 
 func newTestRepo(t testing.TB) (*Repository, string) {
 	t.Helper()
+	return newTestRepoOpts(t, testInitOptions(t))
+}
+
+// newTestRepoOpts creates a repository with opts in a temporary directory.
+func newTestRepoOpts(t testing.TB, opts InitOptions) (*Repository, string) {
+	t.Helper()
 	dir := filepath.Join(t.TempDir(), "repo")
 	be, err := backend.NewLocal(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := Init(context.Background(), be, testPass, testInitOptions(t))
+	r, err := Init(context.Background(), be, testPass, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,9 +12,16 @@ import (
 //	"HFIX" version(1) uvarint(#packs)
 //	per pack: id[32] uvarint(size) uvarint(#blobs)
 //	  per blob: type(1) id[32] uvarint(offset) uvarint(length) uvarint(rawlen)
+//	            [uvarint(group offset), version 2, if type has memberFlag]
+//
+// Version 2 adds blobs stored in groups (see pack.go): their type byte
+// carries memberFlag, offset and length are the group's, and the blob's
+// offset in the group's plaintext follows. An index without grouped blobs
+// is written as version 1, which older readers understand.
 const (
-	indexMagic   = "HFIX"
-	indexVersion = 1
+	indexMagic     = "HFIX"
+	indexVersion   = 1
+	indexVersionV2 = 2
 	// MaxIndexSize bounds an index file's plaintext.
 	MaxIndexSize = 512 << 20
 )
@@ -27,19 +34,34 @@ type IndexPack struct {
 }
 
 func encodeIndex(packs []IndexPack) []byte {
+	version := byte(indexVersion)
+	for _, p := range packs {
+		for _, pb := range p.Blobs {
+			if pb.Grouped {
+				version = indexVersionV2
+			}
+		}
+	}
 	b := []byte(indexMagic)
-	b = append(b, indexVersion)
+	b = append(b, version)
 	b = binary.AppendUvarint(b, uint64(len(packs)))
 	for _, p := range packs {
 		b = append(b, p.ID[:]...)
 		b = binary.AppendUvarint(b, uint64(p.Size))
 		b = binary.AppendUvarint(b, uint64(len(p.Blobs)))
 		for _, pb := range p.Blobs {
-			b = append(b, byte(pb.Type))
+			typ := byte(pb.Type)
+			if pb.Grouped {
+				typ |= memberFlag
+			}
+			b = append(b, typ)
 			b = append(b, pb.ID[:]...)
 			b = binary.AppendUvarint(b, uint64(pb.Offset))
 			b = binary.AppendUvarint(b, uint64(pb.Length))
 			b = binary.AppendUvarint(b, uint64(pb.RawLen))
+			if pb.Grouped {
+				b = binary.AppendUvarint(b, uint64(pb.GroupOff))
+			}
 		}
 	}
 	return b
@@ -100,9 +122,10 @@ func decodeIndex(b []byte) ([]IndexPack, error) {
 	if len(b) < 5 || string(b[:4]) != indexMagic {
 		return nil, errors.New("not an index (bad magic)")
 	}
-	if b[4] != indexVersion {
+	if b[4] != indexVersion && b[4] != indexVersionV2 {
 		return nil, fmt.Errorf("unsupported index version %d", b[4])
 	}
+	v2 := b[4] == indexVersionV2
 	r := &indexReader{b: b[5:]}
 	// Each pack takes at least 34 bytes, each blob at least 36: bound the
 	// counts by the input so a forged count cannot make us allocate much.
@@ -114,13 +137,19 @@ func decodeIndex(b []byte) ([]IndexPack, error) {
 		nb := r.uvarint(uint64(len(r.b) / 36))
 		p.Blobs = make([]PackedBlob, 0, nb)
 		for j := uint64(0); j < nb && r.err == nil; j++ {
-			pb := PackedBlob{Type: BlobType(r.byte()), ID: r.id()}
+			typ := r.byte()
+			pb := PackedBlob{Type: BlobType(typ &^ memberFlag), Grouped: v2 && typ&memberFlag != 0, ID: r.id()}
 			pb.Offset = uint32(r.uvarint(MaxPackSize))
 			pb.Length = uint32(r.uvarint(MaxPackSize))
 			pb.RawLen = uint32(r.uvarint(MaxBlobSize))
+			if pb.Grouped {
+				pb.GroupOff = uint32(r.uvarint(MaxGroupSize))
+			}
 			if r.err == nil {
-				if pb.Type != DataBlob && pb.Type != TreeBlob {
-					r.err = fmt.Errorf("index: unknown blob type %d", pb.Type)
+				if (typ&memberFlag != 0 && !v2) || (pb.Type != DataBlob && pb.Type != TreeBlob) {
+					r.err = fmt.Errorf("index: unknown blob type %d", typ)
+				} else if pb.Grouped && int64(pb.GroupOff)+int64(pb.RawLen) > MaxGroupSize {
+					r.err = fmt.Errorf("index: blob %s at %d+%d outside its group", pb.ID.Short(), pb.GroupOff, pb.RawLen)
 				} else if int64(pb.Offset)+int64(pb.Length) > p.Size || pb.Length < Overhead {
 					r.err = fmt.Errorf("index: blob %s at %d+%d outside pack of %d bytes", pb.ID.Short(), pb.Offset, pb.Length, p.Size)
 				}

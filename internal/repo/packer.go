@@ -79,6 +79,18 @@ type packWriter struct {
 	statMu      sync.Mutex
 	packsStored int
 	bytesStored int64
+
+	// groups holds, per blob type, the small blobs waiting to be
+	// compressed together (format 2, see pack.go).
+	gmu    sync.Mutex
+	groups [2]*pendingGroup
+}
+
+// pendingGroup is a group being filled: its members (GroupOff and RawLen
+// set) and their concatenated plaintexts.
+type pendingGroup struct {
+	blobs []PackedBlob
+	buf   *[]byte
 }
 
 func (r *Repository) newPackWriter(ctx context.Context) *packWriter {
@@ -122,6 +134,56 @@ func (w *packWriter) saveBlob(t BlobType, id ID, plain []byte) (bool, error) {
 	return true, err
 }
 
+// addToGroup adds a small blob (already reserved in the index) to the
+// pending group of its type; the call that fills the group seals it and
+// adds it to a pack.
+func (w *packWriter) addToGroup(t BlobType, id ID, plain []byte) error {
+	if err := w.getErr(); err != nil {
+		return err
+	}
+	w.gmu.Lock()
+	g := w.groups[t]
+	if g == nil {
+		g = &pendingGroup{buf: getBuf(groupTarget + groupBlobMax)}
+		w.groups[t] = g
+	}
+	g.blobs = append(g.blobs, PackedBlob{Type: t, Grouped: true, ID: id, RawLen: uint32(len(plain)), GroupOff: uint32(len(*g.buf))})
+	*g.buf = append(*g.buf, plain...)
+	full := len(*g.buf) >= groupTarget
+	if full {
+		w.groups[t] = nil
+	}
+	w.gmu.Unlock()
+	if full {
+		return w.sealGroup(t, g)
+	}
+	return nil
+}
+
+// sealGroup compresses and encrypts a group and adds it to a pack.
+func (w *packWriter) sealGroup(t BlobType, g *pendingGroup) error {
+	bp, enc := w.r.sealBlob(*g.buf)
+	err := w.addObject(t, g.blobs, enc)
+	putBuf(bp)
+	putBuf(g.buf)
+	return err
+}
+
+// flushGroups seals the groups not yet full.
+func (w *packWriter) flushGroups() error {
+	w.gmu.Lock()
+	gs := w.groups
+	w.groups = [2]*pendingGroup{}
+	w.gmu.Unlock()
+	var errs []error
+	for t, g := range gs {
+		if g != nil {
+			errs = append(errs, w.sealGroup(BlobType(t), g))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // packLimit is the size at which a pack of type t is closed. Tree packs
 // are kept smaller so that loading trees reads little.
 func (w *packWriter) packLimit(t BlobType) int64 {
@@ -146,10 +208,11 @@ func (w *packWriter) newPack(t BlobType) (*packBuf, error) {
 	return &packBuf{typ: t, f: f}, nil
 }
 
-// reserve claims room for a blob of need bytes in the current pack of
-// type t and returns the pack, the offset, and whether the pack is now
-// full (the caller then sends it once its own write is done).
-func (w *packWriter) reserve(t BlobType, id ID, need, rawLen int) (p *packBuf, off int64, full bool, err error) {
+// reserve claims room for an object of need bytes in the current pack of
+// type t, holding the blobs in entries (whose Offset and Length it sets),
+// and returns the pack, the offset, and whether the pack is now full (the
+// caller then sends it once its own write is done).
+func (w *packWriter) reserve(t BlobType, entries []PackedBlob, need int) (p *packBuf, off int64, full bool, err error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	p = w.cur[t]
@@ -161,7 +224,10 @@ func (w *packWriter) reserve(t BlobType, id ID, need, rawLen int) (p *packBuf, o
 	}
 	off = p.size
 	p.size += int64(need)
-	p.blobs = append(p.blobs, PackedBlob{Type: t, ID: id, Offset: uint32(off), Length: uint32(need), RawLen: uint32(rawLen)})
+	for _, e := range entries {
+		e.Offset, e.Length = uint32(off), uint32(need)
+		p.blobs = append(p.blobs, e)
+	}
 	p.writers.Add(1)
 	if p.size >= w.packLimit(t) {
 		full = true
@@ -172,7 +238,13 @@ func (w *packWriter) reserve(t BlobType, id ID, need, rawLen int) (p *packBuf, o
 
 // addEncrypted writes an encrypted blob into the current pack.
 func (w *packWriter) addEncrypted(t BlobType, id ID, enc []byte, rawLen int) error {
-	p, off, full, err := w.reserve(t, id, len(enc), rawLen)
+	return w.addObject(t, []PackedBlob{{Type: t, ID: id, RawLen: uint32(rawLen)}}, enc)
+}
+
+// addObject writes an encrypted object, holding the blobs in entries
+// (one blob, or a group's members), into the current pack of type t.
+func (w *packWriter) addObject(t BlobType, entries []PackedBlob, enc []byte) error {
+	p, off, full, err := w.reserve(t, entries, len(enc))
 	if err != nil {
 		return err
 	}
@@ -298,6 +370,9 @@ func (w *packWriter) flushIndexCtx(ctx context.Context) error {
 // finish closes the partial packs, waits for the uploads and writes the
 // last index file. The writer cannot be used afterwards.
 func (w *packWriter) finish() error {
+	if err := w.flushGroups(); err != nil {
+		w.setErr(err)
+	}
 	w.mu.Lock()
 	var rest []*packBuf
 	for t, p := range w.cur {
@@ -333,6 +408,14 @@ func (w *packWriter) finish() error {
 // discarded, the ones stored are indexed.
 func (w *packWriter) abort() {
 	w.setErr(errors.New("aborted"))
+	w.gmu.Lock()
+	for t, g := range w.groups {
+		if g != nil {
+			putBuf(g.buf)
+			w.groups[t] = nil
+		}
+	}
+	w.gmu.Unlock()
 	w.mu.Lock()
 	for t, p := range w.cur {
 		if p != nil {

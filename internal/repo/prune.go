@@ -174,20 +174,9 @@ func (r *Repository) prune(ctx context.Context, opts PruneOptions) (*PruneResult
 			pw.abort()
 			return nil, fmt.Errorf("prune: reading pack %s: %w (nothing removed)", p.ID.Short(), err)
 		}
-		for _, b := range p.Blobs {
-			if !used[b.ID] || copied[b.ID] || inKept[b.ID] {
-				continue
-			}
-			enc := data[b.Offset : b.Offset+b.Length]
-			if _, err := r.decodeBlob(BlobLocation{Pack: p.ID, PackedBlob: b}, enc); err != nil {
-				pw.abort()
-				return nil, fmt.Errorf("prune: %w (nothing removed)", err)
-			}
-			if err := pw.addEncrypted(b.Type, b.ID, append([]byte(nil), enc...), int(b.RawLen)); err != nil {
-				pw.abort()
-				return nil, fmt.Errorf("prune: %w", err)
-			}
-			copied[b.ID] = true
+		if err := r.repackBlobs(pw, p, data, func(id ID) bool { return used[id] && !copied[id] && !inKept[id] }, copied); err != nil {
+			pw.abort()
+			return nil, fmt.Errorf("prune: %w (nothing removed)", err)
 		}
 		repacked += p.Size
 		progress(Progress{Phase: "repacking", Files: int64(i + 1), TotalFiles: int64(len(repack)), Bytes: repacked, TotalBytes: repackBytes})
@@ -274,4 +263,65 @@ func (r *Repository) markUsed(ctx context.Context, id ID, used map[ID]bool) erro
 		}
 	}
 	return ctx.Err()
+}
+
+// repackBlobs copies the blobs of pack p (whose bytes are data) that want
+// accepts into pw, verifying each, and marks them in copied. A blob stored
+// alone, or a group all of whose members are wanted, is copied as it is
+// stored; the wanted members of a group that also holds unwanted blobs
+// are decoded and stored again, in new groups.
+func (r *Repository) repackBlobs(pw *packWriter, p *IndexPack, data []byte, want func(ID) bool, copied map[ID]bool) error {
+	var cache objectCache
+	defer cache.release()
+	for i := 0; i < len(p.Blobs); {
+		j := i + 1
+		for j < len(p.Blobs) && p.Blobs[j].sameObject(p.Blobs[i]) {
+			j++
+		}
+		object := p.Blobs[i:j] // one blob, or a group's members
+		i = j
+		var wanted []PackedBlob
+		for _, b := range object {
+			if want(b.ID) {
+				wanted = append(wanted, b)
+			}
+		}
+		if len(wanted) == 0 {
+			continue
+		}
+		b0 := object[0]
+		stored := data[b0.Offset : b0.Offset+b0.Length]
+		enc := append([]byte(nil), stored...) // decoding below decrypts stored in place
+		for _, b := range object {
+			if _, err := r.openBlobAt(&cache, BlobLocation{Pack: p.ID, PackedBlob: b}, stored); err != nil {
+				return err
+			}
+		}
+		var err error
+		switch {
+		case !b0.Grouped:
+			err = pw.addEncrypted(b0.Type, b0.ID, enc, int(b0.RawLen))
+		case len(wanted) == len(object):
+			entries := make([]PackedBlob, len(object))
+			copy(entries, object)
+			err = pw.addObject(b0.Type, entries, enc)
+		default:
+			for _, b := range wanted {
+				plain, derr := r.openBlobAt(&cache, BlobLocation{Pack: p.ID, PackedBlob: b}, stored)
+				if derr != nil {
+					return derr
+				}
+				if err = pw.addToGroup(b.Type, b.ID, plain); err != nil {
+					break
+				}
+			}
+		}
+		if err != nil {
+			return err
+		}
+		for _, b := range wanted {
+			copied[b.ID] = true
+		}
+	}
+	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"runtime"
 	"sort"
 	"strings"
@@ -30,7 +31,15 @@ const (
 	MaxPackTarget = 256 << 20
 	// maxObjectSize bounds config, snapshot and lock files.
 	maxObjectSize = 64 << 20
-	formatVersion = 1
+	// formatVersion is the format of new repositories. Version 2 stores
+	// small blobs in groups (see pack.go) and compresses with zstd level
+	// 1 by default; version 1 repositories are read, and written without
+	// groups, as before.
+	formatVersion = 2
+	// groupBlobMax: data blobs shorter than this are stored in groups;
+	// a group is sealed once its plaintext reaches groupTarget.
+	groupBlobMax = 256 << 10
+	groupTarget  = 512 << 10
 	// zstdWindow is the compression window: chunks average 1 MiB, so a
 	// larger one buys little and costs memory per encoder.
 	zstdWindow = 2 << 20
@@ -47,8 +56,9 @@ type Config struct {
 	Chunker  chunker.Params `json:"chunker"`
 	PackSize int            `json:"pack_size"`
 	// Compression of data blobs: "fastest" (zstd level 1), "default"
-	// (level 3, the default), "better" (level 7) or "off". Empty means
-	// default.
+	// (level 1 from format version 2, where small blobs are compressed
+	// together in groups; level 3 in version 1 repositories), "better"
+	// (level 7) or "off". Empty means default.
 	Compression string `json:"compression,omitempty"`
 }
 
@@ -59,9 +69,12 @@ type InitOptions struct {
 	Compression string // see Config.Compression
 	KDF         KDFParams
 	Logger      *slog.Logger
+	// FormatVersion is the repository format: 0 for the newest (2), or 1
+	// for a repository that holdfast versions without groups can use.
+	FormatVersion int
 }
 
-// DefaultInitOptions returns 1 MiB average chunks, 16 MiB packs and
+// DefaultInitOptions returns 512 KiB average chunks, 16 MiB packs and
 // argon2id at 32 MiB.
 func DefaultInitOptions() InitOptions {
 	return InitOptions{Chunker: chunker.DefaultParams(), PackSize: DefaultPackSize, KDF: DefaultKDFParams()}
@@ -75,17 +88,28 @@ func (o InitOptions) Validate() error {
 	if o.PackSize < MinPackSize || o.PackSize > MaxPackTarget {
 		return fmt.Errorf("pack size %d outside [%d, %d]", o.PackSize, MinPackSize, MaxPackTarget)
 	}
-	if _, err := compressionLevel(o.Compression); err != nil {
+	if o.FormatVersion != 0 && o.FormatVersion != 1 && o.FormatVersion != formatVersion {
+		return fmt.Errorf("unknown repository format version %d (want 1 or %d)", o.FormatVersion, formatVersion)
+	}
+	if _, err := compressionLevel(o.Compression, formatVersion); err != nil {
 		return err
 	}
 	return o.KDF.Validate()
 }
 
-// compressionLevel maps a Config.Compression name to a zstd level; ok is
-// false for "off".
-func compressionLevel(name string) (zstd.EncoderLevel, error) {
+// grouped reports whether small blobs are stored in groups (format 2).
+func (c Config) grouped() bool { return c.Version >= 2 }
+
+// compressionLevel maps a Config.Compression name to a zstd level (0 for
+// "off") in a repository of the given format version.
+func compressionLevel(name string, version int) (zstd.EncoderLevel, error) {
 	switch name {
 	case "", "default":
+		if version >= 2 {
+			// Groups give small files the context that level 3 gave
+			// them blob by blob, at level 1's speed (bench/backup).
+			return zstd.SpeedFastest, nil
+		}
 		return zstd.SpeedDefault, nil
 	case "fastest":
 		return zstd.SpeedFastest, nil
@@ -141,7 +165,11 @@ func Init(ctx context.Context, be backend.Backend, pass string, opts InitOptions
 	}
 	idb := make([]byte, 16)
 	rand.Read(idb)
-	cfg := Config{Version: formatVersion, ID: hex.EncodeToString(idb), Created: time.Now().UTC(), Chunker: opts.Chunker, PackSize: opts.PackSize, Compression: opts.Compression}
+	version := formatVersion
+	if opts.FormatVersion != 0 {
+		version = opts.FormatVersion
+	}
+	cfg := Config{Version: version, ID: hex.EncodeToString(idb), Created: time.Now().UTC(), Chunker: opts.Chunker, PackSize: opts.PackSize, Compression: opts.Compression}
 	r, err := newRepository(be, mk, cfg, opts.Logger)
 	if err != nil {
 		return nil, err
@@ -177,7 +205,7 @@ func newRepository(be backend.Backend, mk *masterKey, cfg Config, log *slog.Logg
 	if err != nil {
 		return nil, err
 	}
-	level, err := compressionLevel(cfg.Compression)
+	level, err := compressionLevel(cfg.Compression, cfg.Version)
 	if err != nil {
 		return nil, err
 	}
@@ -274,7 +302,7 @@ func decodeConfig(plain []byte) (Config, error) {
 	if err := json.Unmarshal(plain[1:], &cfg); err != nil {
 		return cfg, fmt.Errorf("parsing config: %w", err)
 	}
-	if cfg.Version != formatVersion {
+	if cfg.Version != 1 && cfg.Version != formatVersion {
 		return cfg, fmt.Errorf("unsupported repository version %d", cfg.Version)
 	}
 	if err := cfg.Chunker.Validate(); err != nil {
@@ -283,7 +311,7 @@ func decodeConfig(plain []byte) (Config, error) {
 	if cfg.PackSize < MinPackSize || cfg.PackSize > MaxPackTarget {
 		return cfg, fmt.Errorf("config: pack size %d invalid", cfg.PackSize)
 	}
-	if _, err := compressionLevel(cfg.Compression); err != nil {
+	if _, err := compressionLevel(cfg.Compression, cfg.Version); err != nil {
 		return cfg, fmt.Errorf("config: %w", err)
 	}
 	return cfg, nil
@@ -362,7 +390,7 @@ func (r *Repository) sealBlob(plain []byte) (*[]byte, []byte) {
 	buf := (*bp)[:nonceSize+1]
 	buf[nonceSize] = frameZstdBare
 	var out []byte
-	if r.cfg.Compression == "off" {
+	if r.cfg.Compression == "off" || incompressible(plain) {
 		out = buf[:nonceSize] // store raw below
 	} else {
 		out = r.enc.EncodeAll(plain, buf)
@@ -386,7 +414,8 @@ func (r *Repository) sealBlob(plain []byte) (*[]byte, []byte) {
 }
 
 // openBlob decrypts enc in place and unframes it into a pooled buffer of
-// rawLen bytes, which the caller returns with putBuf.
+// rawLen bytes, which the caller returns with putBuf. A negative rawLen
+// (a group's plaintext) means any length up to MaxGroupSize.
 func (r *Repository) openBlob(enc []byte, rawLen int) (*[]byte, []byte, error) {
 	if len(enc) < Overhead {
 		return nil, nil, fmt.Errorf("%w: object too short (%d bytes)", ErrDecrypt, len(enc))
@@ -398,10 +427,10 @@ func (r *Repository) openBlob(enc []byte, rawLen int) (*[]byte, []byte, error) {
 	if len(plain) < 1 {
 		return nil, nil, errors.New("empty object")
 	}
-	bp := getBuf(rawLen)
+	bp := getBuf(max(rawLen, groupTarget+groupBlobMax))
 	switch plain[0] {
 	case frameRaw:
-		if len(plain)-1 != rawLen {
+		if rawLen < 0 && len(plain)-1 > MaxGroupSize || rawLen >= 0 && len(plain)-1 != rawLen {
 			putBuf(bp)
 			return nil, nil, fmt.Errorf("object length %d, want %d", len(plain)-1, rawLen)
 		}
@@ -420,7 +449,7 @@ func (r *Repository) openBlob(enc []byte, rawLen int) (*[]byte, []byte, error) {
 			putBuf(bp)
 			return nil, nil, fmt.Errorf("decompressing: %w", err)
 		}
-		if len(out) != rawLen {
+		if rawLen < 0 && len(out) > MaxGroupSize || rawLen >= 0 && len(out) != rawLen {
 			putBuf(bp)
 			return nil, nil, fmt.Errorf("object length %d, want %d", len(out), rawLen)
 		}
@@ -581,17 +610,78 @@ func (r *Repository) LoadBlob(ctx context.Context, id ID) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading blob %s: %w", id.Short(), err)
 	}
-	return r.decodeBlob(loc, enc)
+	return r.decodeBlobInPlace(loc, enc)
 }
 
-// decodeBlob decrypts and checks one stored blob.
+// decodeBlob decrypts and checks one stored blob; enc is its stored
+// object (for a grouped blob, its group's), which is left unchanged.
 func (r *Repository) decodeBlob(loc BlobLocation, enc []byte) ([]byte, error) {
-	plain, err := r.decodeObject(enc, int(loc.RawLen))
+	return r.decodeBlobInPlace(loc, append([]byte(nil), enc...))
+}
+
+// decodeBlobInPlace is decodeBlob decrypting enc in place.
+func (r *Repository) decodeBlobInPlace(loc BlobLocation, enc []byte) ([]byte, error) {
+	var c objectCache
+	plain, err := r.openBlobAt(&c, loc, enc)
 	if err != nil {
+		c.release()
+		return nil, err
+	}
+	out := append([]byte(nil), plain...)
+	c.release()
+	return out, nil
+}
+
+// objectCache holds the last stored object decoded by openBlobAt, so that
+// the members of a group, read one after another, decrypt and decompress
+// their group once.
+type objectCache struct {
+	valid bool
+	pack  ID
+	off   uint32
+	bp    *[]byte
+	plain []byte
+	err   error
+}
+
+// release returns the cached object's buffer to its pool.
+func (c *objectCache) release() {
+	if c.bp != nil {
+		putBuf(c.bp)
+	}
+	*c = objectCache{}
+}
+
+// openBlobAt returns the verified plaintext of the blob at loc, given enc,
+// the bytes of its stored object, which it decrypts in place (unless the
+// object is the one cached in c, when enc is not touched). The result is
+// valid until the next call with c or c.release.
+func (r *Repository) openBlobAt(c *objectCache, loc BlobLocation, enc []byte) ([]byte, error) {
+	fail := func(err error) ([]byte, error) {
 		return nil, fmt.Errorf("blob %s in pack %s: %w", loc.ID.Short(), loc.Pack.Short(), err)
 	}
+	if !(loc.Grouped && c.valid && c.pack == loc.Pack && c.off == loc.Offset) {
+		c.release()
+		rawLen := int(loc.RawLen)
+		if loc.Grouped {
+			rawLen = -1
+		}
+		c.bp, c.plain, c.err = r.openBlob(enc, rawLen)
+		c.valid, c.pack, c.off = true, loc.Pack, loc.Offset
+	}
+	if c.err != nil {
+		return fail(c.err)
+	}
+	plain := c.plain
+	if loc.Grouped {
+		end := int64(loc.GroupOff) + int64(loc.RawLen)
+		if end > int64(len(plain)) {
+			return fail(fmt.Errorf("group of %d bytes ends before the blob (%d+%d)", len(plain), loc.GroupOff, loc.RawLen))
+		}
+		plain = plain[loc.GroupOff:end]
+	}
 	if r.blobID(plain) != loc.ID {
-		return nil, fmt.Errorf("blob %s in pack %s: content does not match its id", loc.ID.Short(), loc.Pack.Short())
+		return fail(errors.New("content does not match its id"))
 	}
 	return plain, nil
 }
@@ -631,3 +721,37 @@ func matchPrefix(ids IDs, s, what string) (ID, error) {
 	}
 	return found[0], nil
 }
+
+// incompressibleSample is the size of each of the three samples (start,
+// middle, end) incompressible looks at.
+const incompressibleSample = 8 << 10
+
+// incompressible guesses whether compressing b would not pay: the bytes of
+// three samples of it are near uniformly distributed (random, encrypted or
+// already compressed data), so neither matches nor entropy coding would
+// save anything worth their time. Small blobs are always tried.
+func incompressible(b []byte) bool {
+	if len(b) < 16*incompressibleSample {
+		return false
+	}
+	var hist [256]uint32
+	for _, off := range [3]int{0, len(b)/2 - incompressibleSample/2, len(b) - incompressibleSample} {
+		for _, c := range b[off : off+incompressibleSample] {
+			hist[c]++
+		}
+	}
+	const n = 3 * incompressibleSample
+	var bits float64
+	for _, c := range hist {
+		if c > 0 {
+			p := float64(c) / n
+			bits -= p * math.Log2(p)
+		}
+	}
+	return bits > incompressibleBits
+}
+
+// incompressibleBits is the order-0 entropy (bits per byte) above which
+// incompressible gives up: uniformly random samples of this size measure
+// about 7.99; text about 4.5, machine code about 6.
+const incompressibleBits = 7.95

@@ -445,7 +445,12 @@ func packRanges(pack ID, want map[ID]*packWant) []packRange {
 	for _, w := range want {
 		list = append(list, w)
 	}
-	sort.Slice(list, func(i, j int) bool { return list[i].loc.Offset < list[j].loc.Offset })
+	sort.Slice(list, func(i, j int) bool {
+		if list[i].loc.Offset != list[j].loc.Offset {
+			return list[i].loc.Offset < list[j].loc.Offset
+		}
+		return list[i].loc.GroupOff < list[j].loc.GroupOff
+	})
 	var out []packRange
 	for i := 0; i < len(list); {
 		j := i + 1
@@ -465,23 +470,22 @@ func packRanges(pack ID, want map[ID]*packWant) []packRange {
 func (rs *restorer) fetchRange(ctx context.Context, pr packRange) {
 	h := backend.Handle{Type: backend.PackFile, Name: pr.pack.String()}
 	buf, err := rs.r.be.Load(ctx, h, pr.start, pr.end-pr.start)
+	// The members of a group are next to each other in pr.blobs (same
+	// offset): the cache decodes their group once.
+	var cache objectCache
+	defer cache.release()
 	for _, w := range pr.blobs {
 		if err != nil {
 			rs.blobFailed(w, err)
 			continue
 		}
 		o := int64(w.loc.Offset) - pr.start
-		bp, plain, derr := rs.r.openBlob(buf[o:o+int64(w.loc.Length)], int(w.loc.RawLen))
-		if derr == nil && rs.r.blobID(plain) != w.loc.ID {
-			putBuf(bp)
-			derr = errors.New("content does not match its id")
-		}
+		plain, derr := rs.r.openBlobAt(&cache, w.loc, buf[o:o+int64(w.loc.Length)])
 		if derr != nil {
-			rs.blobFailed(w, fmt.Errorf("blob %s in pack %s: %w", w.loc.ID.Short(), pr.pack.Short(), derr))
+			rs.blobFailed(w, derr)
 			continue
 		}
 		rs.writeBlob(w, plain)
-		putBuf(bp)
 	}
 }
 

