@@ -25,6 +25,7 @@ type cpOptions struct {
 	rateLimit  string
 	resume     bool
 	blockSize  int
+	checksum   string
 	cc         string
 	noPace     bool
 	fair       bool
@@ -64,6 +65,7 @@ peer sends over the connections this side opens.`,
 	f.StringVar(&o.rateLimit, "rate-limit", "", "cap the rate, e.g. 100Mbit or 20MB (per second)")
 	f.BoolVar(&o.resume, "resume", false, "continue an interrupted copy from its verified blocks")
 	f.IntVar(&o.blockSize, "block-size", bulk.DefaultBlockSize, "block size in bytes (unit of checksums and resume)")
+	f.StringVar(&o.checksum, "checksum", string(bulk.ChecksumCRC32C), "per-block checksum: crc32c (TLS already authenticates the data in flight) or blake3 (a cryptographic digest of every block)")
 	f.StringVar(&o.cc, "cc", "auto", "TCP congestion control: auto (bbr when the kernel has it, else the system default), cubic, bbr or reno")
 	f.BoolVar(&o.noPace, "no-pace", false, "do not pace sends")
 	f.BoolVar(&o.fair, "fair", false, "take only one flow's fair share of a shared bottleneck (one connection)")
@@ -106,7 +108,7 @@ func runCp(cmd *cobra.Command, o cpOptions, args []string) error {
 			}
 		}
 	}
-	opts := bulk.Options{Recursive: o.recursive, Resume: o.resume, BlockSize: o.blockSize, NoPace: o.noPace, Fair: o.fair, MaxStreams: o.maxStreams}
+	opts := bulk.Options{Recursive: o.recursive, Resume: o.resume, BlockSize: o.blockSize, Checksum: bulk.Checksum(o.checksum), NoPace: o.noPace, Fair: o.fair, MaxStreams: o.maxStreams}
 	if o.streams != "auto" {
 		n, err := strconv.Atoi(o.streams)
 		if err != nil || n < 1 {

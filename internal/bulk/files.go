@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"io/fs"
 	"os"
@@ -166,18 +167,67 @@ func blockIsHole(regions [][2]int64, off, n int64) bool {
 	return true
 }
 
-// blockSum is a block's checksum: BLAKE3 of its bytes.
-func blockSum(b []byte) [32]byte { return blake3.Sum256(b) }
+// Checksum names the per-block checksum of a transfer.
+//
+// CRC-32C is the default: the data crosses the network inside TLS, whose
+// AEAD already rejects any change on the way, so the block checksum guards
+// against what TLS cannot see (a torn or misplaced write, a bit flipped in
+// memory or on disk, a resumed block that is not what the journal says),
+// the role CRC-32C plays in Btrfs, ext4 and iSCSI. It costs about 0.03 CPU
+// seconds per GB against BLAKE3's 0.25 on this hardware (measured in
+// BenchmarkBlockSum), and BLAKE3 on both ends was a quarter of a loopback
+// copy's CPU time. BLAKE3 stays available for a cryptographic digest of
+// every block.
+type Checksum string
 
-var zeroSums sync.Map // int length → [32]byte
+// Block checksums.
+const (
+	ChecksumCRC32C Checksum = "crc32c"
+	ChecksumBLAKE3 Checksum = "blake3"
+)
 
-// zeroSum is the checksum of n zero bytes (a hole block).
-func zeroSum(n int) [32]byte {
-	if v, ok := zeroSums.Load(n); ok {
+// code is the checksum's number in journal headers.
+func (c Checksum) code() uint32 {
+	switch c {
+	case ChecksumCRC32C:
+		return 1
+	case ChecksumBLAKE3:
+		return 2
+	}
+	return 0
+}
+
+// valid reports whether c is a known checksum.
+func (c Checksum) valid() bool { return c.code() != 0 }
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// sum is a block's checksum. A CRC-32C fills the first four bytes of the
+// 32 (big-endian) and leaves the rest zero.
+func (c Checksum) sum(b []byte) [32]byte {
+	if c == ChecksumBLAKE3 {
+		return blake3.Sum256(b)
+	}
+	var s [32]byte
+	binary.BigEndian.PutUint32(s[:], crc32.Checksum(b, castagnoli))
+	return s
+}
+
+type zeroKey struct {
+	c Checksum
+	n int
+}
+
+var zeroSums sync.Map // zeroKey → [32]byte
+
+// zero is the checksum of n zero bytes (a hole block).
+func (c Checksum) zero(n int) [32]byte {
+	k := zeroKey{c, n}
+	if v, ok := zeroSums.Load(k); ok {
 		return v.([32]byte)
 	}
-	s := blake3.Sum256(make([]byte, n))
-	zeroSums.Store(n, s)
+	s := c.sum(make([]byte, n))
+	zeroSums.Store(k, s)
 	return s
 }
 

@@ -214,8 +214,11 @@ type beginReq struct {
 	Dst       string     `json:"dst"`
 	Multi     bool       `json:"multi"` // several sources: Dst must be a directory
 	BlockSize int        `json:"block_size"`
-	Resume    bool       `json:"resume"`
-	Entries   []Entry    `json:"entries"`
+	// Checksum is the per-block checksum; empty is BLAKE3 (what senders
+	// before CRC-32C used).
+	Checksum Checksum `json:"checksum,omitempty"`
+	Resume   bool     `json:"resume"`
+	Entries  []Entry  `json:"entries"`
 }
 
 // beginResp tells the sender which blocks the receiver already holds

@@ -7,7 +7,7 @@ import (
 )
 
 func TestBlockAndAckRoundTrip(t *testing.T) {
-	h := blockHeader{ID: TransferID{1, 2, 3}, File: 7, Index: 9, Msg: 1 << 40, SentNano: -5, Len: 3, Sum: blockSum([]byte("abc"))}
+	h := blockHeader{ID: TransferID{1, 2, 3}, File: 7, Index: 9, Msg: 1 << 40, SentNano: -5, Len: 3, Sum: ChecksumBLAKE3.sum([]byte("abc"))}
 	b := make([]byte, blockHeaderSize+3)
 	h.put(b)
 	copy(b[blockHeaderSize:], "abc")

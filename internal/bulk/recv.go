@@ -26,8 +26,8 @@ import (
 const (
 	partPrefix    = ".holdfast-part."
 	journalPrefix = ".holdfast-journal."
-	journalMagic  = "hfj1"
-	journalHdr    = 4 + 8 + 8 + 4
+	journalMagic  = "hfj2"
+	journalHdr    = 4 + 8 + 8 + 4 + 4
 	journalRec    = 4 + 32
 	// MaxTransfers bounds the transfers a Service runs at once.
 	MaxTransfers = 64
@@ -138,6 +138,7 @@ type recvTransfer struct {
 	id      TransferID
 	owner   string
 	bs      int
+	sum     Checksum
 	dst     string
 	entries []Entry
 	targets []string
@@ -195,6 +196,13 @@ func (s *Service) handleBegin(ctx context.Context, req *wire.Request) ([]byte, e
 	if br.BlockSize < MinBlockSize || br.BlockSize > MaxBlockSize {
 		return nil, fmt.Errorf("bulk: block size %d out of range %d..%d", br.BlockSize, MinBlockSize, MaxBlockSize)
 	}
+	sum := br.Checksum
+	if sum == "" {
+		sum = ChecksumBLAKE3
+	}
+	if !sum.valid() {
+		return nil, fmt.Errorf("bulk: unknown block checksum %q", sum)
+	}
 	if len(br.Entries) > MaxEntries {
 		return nil, fmt.Errorf("bulk: %d entries exceed %d", len(br.Entries), MaxEntries)
 	}
@@ -212,7 +220,7 @@ func (s *Service) handleBegin(ctx context.Context, req *wire.Request) ([]byte, e
 			return nil, fmt.Errorf("bulk: creating destination %s: %w", dst, err)
 		}
 	}
-	t := &recvTransfer{id: br.ID, owner: req.Session.Peer(), bs: br.BlockSize, dst: dst, entries: br.Entries, files: map[int]*recvFile{}}
+	t := &recvTransfer{id: br.ID, owner: req.Session.Peer(), bs: br.BlockSize, sum: sum, dst: dst, entries: br.Entries, files: map[int]*recvFile{}}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	t.last.Store(time.Now().UnixNano())
 	resp := beginResp{Have: map[int][]haveBlock{}, Dst: dst}
@@ -246,7 +254,7 @@ func (s *Service) handleBegin(ctx context.Context, req *wire.Request) ([]byte, e
 				t.close()
 				return nil, fmt.Errorf("bulk: entry %s has negative size", e.Path)
 			}
-			f, have, err := s.openPartial(target, e, br.BlockSize, br.Resume)
+			f, have, err := s.openPartial(target, e, br.BlockSize, sum, br.Resume)
 			if err != nil {
 				t.close()
 				return nil, err
@@ -293,7 +301,7 @@ func (s *Service) reapLocked() {
 
 // openPartial opens (or, resuming, reopens and verifies) the partial file
 // and journal for a file entry and returns the blocks already held.
-func (s *Service) openPartial(target string, e Entry, bs int, resume bool) (*recvFile, []haveBlock, error) {
+func (s *Service) openPartial(target string, e Entry, bs int, sum Checksum, resume bool) (*recvFile, []haveBlock, error) {
 	dir, base := path.Split(target)
 	if base == "" || base == "." {
 		return nil, nil, fmt.Errorf("bulk: destination %q names no file", target)
@@ -309,7 +317,7 @@ func (s *Service) openPartial(target string, e Entry, bs int, resume bool) (*rec
 		have: make([]bool, n), sums: make([][32]byte, n)}
 	var have []haveBlock
 	if resume {
-		have = s.loadJournal(f, bs)
+		have = s.loadJournal(f, bs, sum)
 	}
 	if have == nil {
 		var err error
@@ -333,6 +341,7 @@ func (s *Service) openPartial(target string, e Entry, bs int, resume bool) (*rec
 		binary.BigEndian.PutUint64(h[4:], uint64(e.Size))
 		binary.BigEndian.PutUint64(h[12:], uint64(e.MTime))
 		binary.BigEndian.PutUint32(h[20:], uint32(bs))
+		binary.BigEndian.PutUint32(h[24:], sum.code())
 		if _, err := f.journal.Write(h[:]); err != nil {
 			f.part.Close()
 			f.journal.Close()
@@ -346,7 +355,7 @@ func (s *Service) openPartial(target string, e Entry, bs int, resume bool) (*rec
 // describes the same source, re-reads every journalled block and keeps those
 // whose data still matches their checksum. It returns nil (start afresh)
 // when there is nothing usable.
-func (s *Service) loadJournal(f *recvFile, bs int) []haveBlock {
+func (s *Service) loadJournal(f *recvFile, bs int, sumAlg Checksum) []haveBlock {
 	j, err := s.root.OpenFile(f.jrnlRel, os.O_RDWR|os.O_APPEND, 0)
 	if err != nil {
 		return nil
@@ -355,7 +364,8 @@ func (s *Service) loadJournal(f *recvFile, bs int) []haveBlock {
 	if err != nil || len(data) < journalHdr || string(data[:4]) != journalMagic ||
 		int64(binary.BigEndian.Uint64(data[4:])) != f.entry.Size ||
 		int64(binary.BigEndian.Uint64(data[12:])) != f.entry.MTime ||
-		int(binary.BigEndian.Uint32(data[20:])) != bs {
+		int(binary.BigEndian.Uint32(data[20:])) != bs ||
+		binary.BigEndian.Uint32(data[24:]) != sumAlg.code() {
 		j.Close()
 		return nil
 	}
@@ -383,7 +393,7 @@ func (s *Service) loadJournal(f *recvFile, bs int) []haveBlock {
 		if _, err := part.ReadAt(buf[:n], int64(idx)*int64(bs)); err != nil {
 			continue
 		}
-		if blockSum(buf[:n]) != sum {
+		if sumAlg.sum(buf[:n]) != sum {
 			continue // torn or never flushed: send again
 		}
 		f.have[idx] = true
@@ -458,9 +468,9 @@ func (t *recvTransfer) store(h blockHeader, data []byte) (uint8, string) {
 	}
 	var sum [32]byte
 	if h.Flags&flagHole != 0 {
-		sum = zeroSum(n)
+		sum = t.sum.zero(n)
 	} else {
-		sum = blockSum(data)
+		sum = t.sum.sum(data)
 	}
 	if sum != h.Sum {
 		return ackBadSum, fmt.Sprintf("checksum mismatch in block %d of %s", h.Index, f.target)

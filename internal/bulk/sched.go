@@ -203,14 +203,14 @@ func (t *transfer) sendBlock(st *connState, ref blockRef, buf []byte) error {
 	payload := buf[:blockHeaderSize+n]
 	if blockIsHole(f.regions, int64(i)*int64(t.bs), int64(n)) {
 		h.Flags = flagHole
-		h.Sum = zeroSum(n)
+		h.Sum = t.opts.Checksum.zero(n)
 		payload = buf[:blockHeaderSize]
 	} else {
 		if err := f.rd.readBlock(f, i, t.bs, buf[blockHeaderSize:blockHeaderSize+n]); err != nil {
 			t.fileFailed(f, fmt.Errorf("reading %s: %w", f.src.local, err))
 			return nil
 		}
-		h.Sum = blockSum(buf[blockHeaderSize : blockHeaderSize+n])
+		h.Sum = t.opts.Checksum.sum(buf[blockHeaderSize : blockHeaderSize+n])
 	}
 	t.mu.Lock()
 	if f.failed || f.acked[i] {

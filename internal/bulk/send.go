@@ -50,6 +50,8 @@ type Options struct {
 	MaxStreams int `json:"max_streams"`
 	// BlockSize is the unit of checksums, acks and resume.
 	BlockSize int `json:"block_size"`
+	// Checksum is the per-block checksum (default ChecksumCRC32C).
+	Checksum Checksum `json:"checksum,omitempty"`
 	// Recursive copies directories.
 	Recursive bool `json:"recursive"`
 	// Resume continues an interrupted transfer from its verified blocks.
@@ -98,6 +100,12 @@ func (o *Options) fill() error {
 	}
 	if o.RateLimit < 0 {
 		return errors.New("bulk: negative rate limit")
+	}
+	if o.Checksum == "" {
+		o.Checksum = ChecksumCRC32C
+	}
+	if !o.Checksum.valid() {
+		return fmt.Errorf("bulk: unknown checksum %q (want %s or %s)", o.Checksum, ChecksumCRC32C, ChecksumBLAKE3)
 	}
 	if o.Fair {
 		o.Streams = 1
@@ -150,6 +158,7 @@ type Report struct {
 	Sent               int64         `json:"bytes_sent"` // block bytes put on the wire (re-sends included)
 	Resumed            int64         `json:"bytes_resumed"`
 	Holes              int64         `json:"bytes_in_holes"`
+	Checksum           Checksum      `json:"checksum"` // per-block checksum
 	Resent             int           `json:"blocks_resent"`
 	Seconds            float64       `json:"seconds"`
 	Goodput            float64       `json:"goodput_bits_per_sec"`
@@ -354,7 +363,7 @@ func (t *transfer) run(ctx context.Context, entries []source, dst string, multi 
 	}
 	t.est = newEstimator(t.opts)
 	t.pacer = pace.NewPacer(t.opts.RateLimit)
-	rep := &Report{Peer: t.peer, Entries: len(entries), Files: len(t.files), SlowStartAfterIdle: sysctlInt("net.ipv4.tcp_slow_start_after_idle")}
+	rep := &Report{Peer: t.peer, Checksum: t.opts.Checksum, Entries: len(entries), Files: len(t.files), SlowStartAfterIdle: sysctlInt("net.ipv4.tcp_slow_start_after_idle")}
 	for _, f := range t.files {
 		rep.Bytes += f.src.Size
 		f.n = numBlocks(f.src.Size, t.bs)
@@ -417,7 +426,7 @@ func (t *transfer) run(ctx context.Context, entries []source, dst string, multi 
 
 	// Begin: the receiver opens partial files and, resuming, says what
 	// it already holds.
-	br := beginReq{ID: t.id, Dst: dst, Multi: multi, BlockSize: t.bs, Resume: t.opts.Resume}
+	br := beginReq{ID: t.id, Dst: dst, Multi: multi, BlockSize: t.bs, Checksum: t.opts.Checksum, Resume: t.opts.Resume}
 	for _, e := range entries {
 		br.Entries = append(br.Entries, e.Entry)
 	}
@@ -587,12 +596,12 @@ func (t *transfer) plan(resp beginResp, rep *Report) error {
 			if s, ok := have[uint32(i)]; ok {
 				var sum [32]byte
 				if blockIsHole(f.regions, int64(i)*int64(t.bs), int64(n)) {
-					sum = zeroSum(n)
+					sum = t.opts.Checksum.zero(n)
 				} else {
 					if err := f.rd.readBlock(f, i, t.bs, buf[:n]); err != nil {
 						return fmt.Errorf("reading %s: %w", f.src.local, err)
 					}
-					sum = blockSum(buf[:n])
+					sum = t.opts.Checksum.sum(buf[:n])
 				}
 				if sum == s {
 					f.sums[i], f.summed[i], f.acked[i] = sum, true, true
