@@ -6,8 +6,10 @@
 # set (GEN_MIB MiB, default 2048 as the issue asks, a third of its content
 # duplicated; GEN_MIB=512 makes a run about twice as quick).
 #
-# Tools: holdfast (default: zstd level 3, like restic's auto), holdfast with
-# --compression fastest (zstd level 1), restic, borg (their defaults).
+# Tools: holdfast with its defaults (format 2: small files compressed
+# together in groups, zstd level 1, 512 KiB chunks), restic, borg (their
+# defaults), and, if HF_OLD_BIN names one, an older holdfast binary with its
+# defaults (to compare before and after a change in the same run).
 # Per tool and data set: initial backup, second backup with no change, backup
 # after changing 1% of the files, full restore of the latest snapshot,
 # repository size, peak resident memory (max over those commands). Then the
@@ -15,7 +17,8 @@
 # the first and of the newest snapshot (holdfast and restic).
 #
 # Usage: bench/backup/run.sh   (env: RUNS=3 GEN_MIB=2048 AGING=1 BENCH_DIR=/var/tmp/holdfast-bench-backup
-#                              HF_BIN=prebuilt holdfast binary, else built from this tree)
+#                              HF_BIN=prebuilt holdfast binary, else built from this tree;
+#                              HF_OLD_BIN=an older holdfast binary, shown as "hf old")
 set -euo pipefail
 
 RUNS=${RUNS:-3}
@@ -53,6 +56,11 @@ if [ -n "${HF_BIN:-}" ]; then
 	cp "$HF_BIN" "$HF" # a prebuilt binary
 else
 	(cd "$ROOT" && go build -o "$HF" ./cmd/holdfast)
+fi
+HFOLD=""
+if [ -n "${HF_OLD_BIN:-}" ]; then
+	HFOLD="$BENCH_DIR/holdfast-old"
+	cp "$HF_OLD_BIN" "$HFOLD"
 fi
 
 export HOLDFAST_PASSWORD=bench-pass RESTIC_PASSWORD=bench-pass BORG_PASSPHRASE=bench-pass
@@ -92,17 +100,17 @@ change1pct() {
 hf_init() { "$HF" --log-level warn init --repo "$1" >/dev/null; }
 hf_backup() { "$HF" --log-level warn backup --repo "$1" "$2"; }
 hf_restore() { "$HF" --log-level warn restore --repo "$1" latest --target "$2"; }
-hf1_init() { "$HF" --log-level warn init --compression fastest --repo "$1" >/dev/null; }
-hf1_backup() { hf_backup "$@"; }
-hf1_restore() { hf_restore "$@"; }
+hfold_init() { "$HFOLD" --log-level warn init --repo "$1" >/dev/null; }
+hfold_backup() { "$HFOLD" --log-level warn backup --repo "$1" "$2"; }
+hfold_restore() { "$HFOLD" --log-level warn restore --repo "$1" latest --target "$2"; }
 restic_init() { restic init -q -r "$1" >/dev/null; }
 restic_backup() { restic backup -q -r "$1" "$2"; }
 restic_restore() { restic restore -q -r "$1" latest --target "$2"; }
 borg_init() { borg init -e repokey "$1"; }
 borg_backup() { borg create "$1::{now:%Y-%m-%dT%H:%M:%S.%f}" "$2"; }
 borg_restore() { (cd "$2" && borg extract "$1::$(borg list --last 1 --short "$1")"); }
-export HF BORG_DISPLAY_PASSPHRASE=no
-export -f hf_init hf_backup hf_restore hf1_init hf1_backup hf1_restore restic_init restic_backup restic_restore borg_init borg_backup borg_restore
+export HF HFOLD BORG_DISPLAY_PASSPHRASE=no
+export -f hf_init hf_backup hf_restore hfold_init hfold_backup hfold_restore restic_init restic_backup restic_restore borg_init borg_backup borg_restore
 
 dispose() { # dispose DATASET DIR: the generated set has few files, delete it; retire a Go tree
 	if [ "$1" = gen ]; then rm -rf "$2"; else retire "$2"; fi
@@ -144,7 +152,8 @@ for run in $(seq 1 "$RUNS"); do
 		[ "$ds" = gen ] && dir=$DATA_GEN
 		# Rotate the order of the tools from run to run, so that none is
 		# always the first after the data was written or the last of a round.
-		tools=(hf hf1 restic borg)
+		tools=(hf restic borg)
+		[ -n "$HFOLD" ] && tools=(hf hfold restic borg)
 		k=$(((run - 1) % ${#tools[@]}))
 		for tool in "${tools[@]:k}" "${tools[@]:0:k}"; do
 			echo "== run $run, data $ds, $tool" >&2
@@ -228,11 +237,11 @@ metrics = [("initial", "initial backup (s)"), ("unchanged", "backup, no change (
            ("restore_cpu", "full restore, CPU (s)")]
 for ds, title in (("go", "Go toolchain tree (GOROOT)"), ("gen", "generated set")):
     print(f"\n{title}: medians of {runs} runs")
-    print(f"| {'figure':<30} | {'holdfast':>9} | {'hf fastest':>10} | {'restic':>9} | {'borg':>9} | {'restic/holdfast':>15} | {'restic/hf fastest':>17} | {'borg/holdfast':>13} |")
+    print(f"| {'figure':<30} | {'holdfast':>9} | {'hf old':>10} | {'restic':>9} | {'borg':>9} | {'restic/holdfast':>15} | {'restic/hf old':>17} | {'borg/holdfast':>13} |")
     print(f"|{'-'*32}|{'-'*11}|{'-'*12}|{'-'*11}|{'-'*11}|{'-'*17}|{'-'*19}|{'-'*15}|")
     for m, label in metrics:
         row = []
-        for tool in ("hf", "hf1", "restic", "borg"):
+        for tool in ("hf", "hfold", "restic", "borg"):
             v = med.get((ds, tool, m))
             if v is not None and m == "repo_bytes":
                 v /= 1 << 20
@@ -247,7 +256,7 @@ for ds, title in (("go", "Go toolchain tree (GOROOT)"), ("gen", "generated set")
     if med.get((ds, "cp", "restore")):
         print(f"\nfile-system baseline: cp -a of the same data takes {med[(ds, 'cp', 'restore')]:.2f} s (a restore cannot beat the file system)")
     size = go_bytes if ds == "go" else gen_bytes
-    for tool, name in (("hf", "holdfast (zstd default)"), ("hf1", "holdfast --compression fastest")):
+    for tool, name in (("hf", "holdfast"), ("hfold", "holdfast (old binary)")):
         if not med.get((ds, tool, "initial")):
             continue
         rate = size / med[(ds, tool, "initial")] / 1e6

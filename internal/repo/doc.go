@@ -39,14 +39,42 @@
 // moved between stores, without any key. A repository can be opened from
 // nothing but these files (the peer pool relies on that).
 //
-// Plaintext objects start with one framing byte: 0 raw, 1 zstd. Packs hold
-// blobs, each encrypted on its own, then an encrypted header listing each
-// blob's type (data or tree), ID, stored length and plaintext length, then
-// the header's length (4 bytes, little endian). Blob IDs are BLAKE3 keyed
-// with a secret from the master key, so IDs reveal nothing about content;
-// the FastCDC gear table is derived from the same secret. Index files are a
-// compact binary list of packs and blobs (see index.go), compressed and
-// encrypted. Trees are JSON lists of nodes (name, type, mode, owner, times,
+// Plaintext objects start with one framing byte: 0 raw, 1 zstd, 2 zstd
+// without the frame's magic number. Packs hold objects, each encrypted on
+// its own, then an encrypted header listing each blob's type (data or
+// tree), ID, stored length and plaintext length, then the header's length
+// (4 bytes, little endian). Blob IDs are BLAKE3 keyed with a secret from
+// the master key, so IDs reveal nothing about content; the FastCDC gear
+// table is derived from the same secret. Index files are a compact binary
+// list of packs and blobs (see index.go), compressed and encrypted.
+// Chunks that look random (the byte histogram of three 8 KiB samples is
+// near uniform) are stored raw without trying to compress them.
+//
+// # Format versions
+//
+// The config's version says which layout a repository uses; both are read.
+//
+// Version 1: every blob is its own object in its pack, compressed alone
+// (zstd level 3 by default); index files are version 1.
+//
+// Version 2 (new repositories): data blobs shorter than 256 KiB (small
+// files, the tails of large ones) are stored in groups: their plaintexts
+// are concatenated, up to at least 512 KiB, and compressed together as one
+// object, so that each small file is compressed with its neighbours as
+// context. A group is one header entry (type 2, the group's stored length,
+// its member count) followed by one entry per member (type 0x80|blob type,
+// ID, stored length 0, plaintext length), see pack.go; index files that
+// list grouped blobs are version 2 and give each member's offset in its
+// group's plaintext. Data is compressed with zstd level 1 by default (with
+// groups, small files end up smaller than level 3 made them one by one), and
+// chunks average 512 KiB. Reading a grouped blob decodes its group (restore,
+// check and prune decode each group once for all its members); a bit flip
+// in a group damages all of its members, and check names them all. Prune
+// copies a group whose members are all still used as it is, and stores the
+// used members of a group that also holds unused blobs again, in new
+// groups. Trees are never grouped. Older holdfast versions refuse a version 2
+// repository (unsupported repository version); new backups into a
+// version 1 repository keep the version 1 layout. Trees are JSON lists of nodes (name, type, mode, owner, times,
 // inode, link count, xattrs, content blob IDs or subtree ID), sorted by
 // name, stored as tree blobs; identical directories share one tree blob.
 //

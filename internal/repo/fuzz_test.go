@@ -14,8 +14,18 @@ func sampleIndex() []byte {
 	}}})
 }
 
+// sampleIndexV2 is a version 2 index: a blob alone and a group of two.
+func sampleIndexV2() []byte {
+	return encodeIndex([]IndexPack{{ID: ID{1}, Size: 4096, Blobs: []PackedBlob{
+		{Type: DataBlob, ID: ID{2}, Offset: 0, Length: 100, RawLen: 200},
+		{Type: DataBlob, Grouped: true, ID: ID{3}, Offset: 100, Length: 90, RawLen: 300},
+		{Type: DataBlob, Grouped: true, ID: ID{4}, Offset: 100, Length: 90, RawLen: 20, GroupOff: 300},
+	}}})
+}
+
 func FuzzDecodeIndex(f *testing.F) {
 	f.Add(sampleIndex())
+	f.Add(sampleIndexV2())
 	f.Add([]byte("HFIX\x01\x00"))
 	f.Add([]byte("HFIX\x01\xff\xff\xff\xff\x0f"))
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -28,10 +38,16 @@ func FuzzDecodeIndex(f *testing.F) {
 		if err != nil || len(again) != len(packs) {
 			t.Fatalf("re-decoding a decoded index: %v", err)
 		}
-		for _, p := range packs {
-			for _, pb := range p.Blobs {
+		for i, p := range packs {
+			for j, pb := range p.Blobs {
 				if int64(pb.Offset)+int64(pb.Length) > p.Size {
 					t.Fatalf("blob outside its pack accepted: %+v in %d", pb, p.Size)
+				}
+				if pb.Grouped && int64(pb.GroupOff)+int64(pb.RawLen) > MaxGroupSize {
+					t.Fatalf("member outside the largest group accepted: %+v", pb)
+				}
+				if again[i].Blobs[j] != pb {
+					t.Fatalf("blob %+v re-decoded as %+v", pb, again[i].Blobs[j])
 				}
 			}
 		}
@@ -43,20 +59,40 @@ func FuzzDecodePackHeader(f *testing.F) {
 	f.Add(hdr, int64(94))
 	f.Add(hdr[:40], int64(0))
 	f.Add([]byte{}, int64(0))
+	// Format 2: a blob, a group of two, a group of one.
+	f.Add(encodePackHeader([]PackedBlob{
+		{Type: DataBlob, ID: ID{9}, Length: 64, RawLen: 10},
+		{Type: DataBlob, Grouped: true, ID: ID{7}, Offset: 64, Length: 50, RawLen: 30},
+		{Type: TreeBlob, Grouped: true, ID: ID{6}, Offset: 64, Length: 50, RawLen: 3, GroupOff: 30},
+		{Type: DataBlob, Grouped: true, ID: ID{5}, Offset: 114, Length: 29, RawLen: 0},
+	}), int64(143))
 	f.Fuzz(func(t *testing.T, b []byte, dataLen int64) {
 		blobs, err := decodePackHeader(b, dataLen)
 		if err != nil {
 			return
 		}
+		// Objects (a blob, or a group's members) are contiguous; members
+		// lie one after another in their group's plaintext.
 		var end int64
-		for _, pb := range blobs {
-			if int64(pb.Offset) != end {
-				t.Fatalf("offsets not contiguous")
+		for i, pb := range blobs {
+			if i > 0 && pb.sameObject(blobs[i-1]) {
+				prev := blobs[i-1]
+				if pb.GroupOff != prev.GroupOff+prev.RawLen || pb.Length != prev.Length {
+					t.Fatalf("group members not contiguous: %+v after %+v", pb, prev)
+				}
+				continue
+			}
+			if int64(pb.Offset) != end || (pb.Grouped && pb.GroupOff != 0) {
+				t.Fatalf("offsets not contiguous at %+v", pb)
 			}
 			end += int64(pb.Length)
 		}
 		if end != dataLen {
 			t.Fatalf("entries cover %d, data %d", end, dataLen)
+		}
+		// What decodes re-encodes to the same header.
+		if again := encodePackHeader(blobs); !bytes.Equal(again, b) {
+			t.Fatalf("re-encoding differs:\n%x\n%x", again, b)
 		}
 	})
 }
@@ -146,6 +182,19 @@ func FuzzDecodeObject(f *testing.F) {
 			if bp, _, err := r.openBlob(r.crypt.seal(nil, b), 1000); err == nil {
 				putBuf(bp)
 			}
+			// As a group of unknown length, and a member of it.
+			if bp, out, err := r.openBlob(r.crypt.seal(nil, b), -1); err == nil {
+				if len(out) > MaxGroupSize {
+					t.Fatalf("group of %d bytes decoded", len(out))
+				}
+				putBuf(bp)
+			}
+			var c objectCache
+			loc := BlobLocation{PackedBlob: PackedBlob{Grouped: true, RawLen: 5, GroupOff: 3}}
+			if out, err := r.openBlobAt(&c, loc, r.crypt.seal(nil, b)); err == nil && r.blobID(out) != loc.ID {
+				t.Fatal("member accepted whose content does not match its id")
+			}
+			c.release()
 			return
 		}
 		if _, err := r.decodeObject(b, -1); err == nil && len(b) < Overhead {

@@ -136,6 +136,9 @@ func decodePackHeader(b []byte, dataLen int64) ([]PackedBlob, error) {
 			out = append(out, PackedBlob{Type: BlobType(typ), ID: id, Offset: uint32(off), Length: length, RawLen: rawLen})
 			i++
 		case entryGroup:
+			if !id.IsNull() {
+				return nil, fmt.Errorf("pack header entry %d: group entry with an ID", i)
+			}
 			if rawLen < 1 || int64(rawLen) > int64(n-i-1) {
 				return nil, fmt.Errorf("pack header entry %d: group of %d members, %d entries follow", i, rawLen, n-i-1)
 			}

@@ -102,18 +102,19 @@ func (c *Chunker) Boundary(data []byte) int {
 		normal = n
 	}
 	var fp uint64
-	i := c.p.Min
 	gear := &c.gear
-	for ; i < normal; i++ {
-		fp = fp<<1 + gear[data[i]]
-		if fp&c.maskS == 0 {
-			return i + 1
+	// Ranging over subslices lets the compiler drop the bounds checks.
+	maskS, maskL := c.maskS, c.maskL
+	for i, b := range data[c.p.Min:normal] {
+		fp = fp<<1 + gear[b]
+		if fp&maskS == 0 {
+			return c.p.Min + i + 1
 		}
 	}
-	for ; i < n; i++ {
-		fp = fp<<1 + gear[data[i]]
-		if fp&c.maskL == 0 {
-			return i + 1
+	for i, b := range data[normal:n] {
+		fp = fp<<1 + gear[b]
+		if fp&maskL == 0 {
+			return normal + i + 1
 		}
 	}
 	return n
