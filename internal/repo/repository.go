@@ -427,7 +427,11 @@ func (r *Repository) openBlob(enc []byte, rawLen int) (*[]byte, []byte, error) {
 	if len(plain) < 1 {
 		return nil, nil, errors.New("empty object")
 	}
-	bp := getBuf(max(rawLen, groupTarget+groupBlobMax))
+	size := rawLen
+	if rawLen < 0 {
+		size = groupTarget + groupBlobMax // what the groups we write hold at most
+	}
+	bp := getBuf(size)
 	switch plain[0] {
 	case frameRaw:
 		if rawLen < 0 && len(plain)-1 > MaxGroupSize || rawLen >= 0 && len(plain)-1 != rawLen {
