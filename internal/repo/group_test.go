@@ -139,6 +139,30 @@ func TestIncompressible(t *testing.T) {
 		}
 		putBuf(bp)
 	}
+	// Text with random bytes exactly where the samples fall looks random
+	// to the guess: a lone chunk is then stored raw, but a group (whose
+	// members are different files) is always compressed.
+	tricky := append([]byte(nil), text...)
+	for _, off := range []int{0, len(tricky)/2 - incompressibleSample/2, len(tricky) - incompressibleSample} {
+		copy(tricky[off:off+incompressibleSample], random)
+	}
+	if !incompressible(tricky) {
+		t.Fatal("samples of random bytes not taken for incompressible data")
+	}
+	for _, guess := range []bool{true, false} {
+		bp, enc := r.sealObject(tricky, guess)
+		plain, err := r.crypt.open(nil, enc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if raw := plain[0] == frameRaw; raw != guess {
+			t.Errorf("sealObject(guess %v): stored raw = %v", guess, raw)
+		}
+		if !guess && len(enc) > len(tricky)/2 {
+			t.Errorf("group of mostly text stored in %d bytes of %d", len(enc), len(tricky))
+		}
+		putBuf(bp)
+	}
 }
 
 // writeTextFiles writes n small text files of a shared vocabulary (like

@@ -162,7 +162,7 @@ func (w *packWriter) addToGroup(t BlobType, id ID, plain []byte) error {
 
 // sealGroup compresses and encrypts a group and adds it to a pack.
 func (w *packWriter) sealGroup(t BlobType, g *pendingGroup) error {
-	bp, enc := w.r.sealBlob(*g.buf)
+	bp, enc := w.r.sealObject(*g.buf, false)
 	err := w.addObject(t, g.blobs, enc)
 	putBuf(bp)
 	putBuf(g.buf)

@@ -386,11 +386,18 @@ func (r *Repository) frameInto(buf, plain []byte) []byte {
 // pooled buffer, in place: nonce ‖ ciphertext ‖ tag. The caller returns
 // the buffer with putBuf once the result is written.
 func (r *Repository) sealBlob(plain []byte) (*[]byte, []byte) {
+	return r.sealObject(plain, true)
+}
+
+// sealObject is sealBlob; guess says whether plain may be stored without
+// trying to compress it when it looks random (a group is always tried:
+// its members are different files, which three samples may not show).
+func (r *Repository) sealObject(plain []byte, guess bool) (*[]byte, []byte) {
 	bp := getBuf(nonceSize + 1 + len(plain) + tagSize)
 	buf := (*bp)[:nonceSize+1]
 	buf[nonceSize] = frameZstdBare
 	var out []byte
-	if r.cfg.Compression == "off" || incompressible(plain) {
+	if r.cfg.Compression == "off" || guess && incompressible(plain) {
 		out = buf[:nonceSize] // store raw below
 	} else {
 		out = r.enc.EncodeAll(plain, buf)
