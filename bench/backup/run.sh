@@ -139,6 +139,7 @@ run_tool() { # tool dataset dir run
 	while read -r label secs rss usr sys; do
 		printf '%s\t%s\t%s\t%s\t%s\n' "$ds" "$tool" "$run" "$label" "$secs" >>"$RESULTS"
 		printf '%s\t%s\t%s\t%s\t%s\n' "$ds" "$tool" "$run" "${label}_cpu" "$(echo "$usr + $sys" | bc)" >>"$RESULTS"
+		printf '%s\t%s\t%s\t%s\t%s\n' "$ds" "$tool" "$run" "${label}_user" "$usr" >>"$RESULTS"
 	done <"$TIMES"
 	printf '%s\t%s\t%s\t%s\t%s\n' "$ds" "$tool" "$run" repo_bytes "$size" >>"$RESULTS"
 	printf '%s\t%s\t%s\t%s\t%s\n' "$ds" "$tool" "$run" peak_rss_kb "$peak" >>"$RESULTS"
@@ -233,7 +234,8 @@ med = {k: statistics.median(v) for k, v in vals.items()}
 metrics = [("initial", "initial backup (s)"), ("unchanged", "backup, no change (s)"),
            ("changed1pct", "backup, 1% files changed (s)"), ("restore", "full restore (s)"),
            ("repo_bytes", "repository size (MiB)"), ("peak_rss_kb", "peak memory (MiB)"),
-           ("initial_cpu", "initial backup, CPU (s)"), ("unchanged_cpu", "no-change backup, CPU (s)"),
+           ("initial_cpu", "initial backup, CPU (s)"), ("initial_user", "  of which user (s)"),
+           ("unchanged_cpu", "no-change backup, CPU (s)"),
            ("restore_cpu", "full restore, CPU (s)")]
 for ds, title in (("go", "Go toolchain tree (GOROOT)"), ("gen", "generated set")):
     print(f"\n{title}: medians of {runs} runs")
