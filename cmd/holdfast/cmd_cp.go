@@ -127,7 +127,10 @@ func runCp(cmd *cobra.Command, o cpOptions, args []string) error {
 		return fmt.Errorf("loading node identity from %s (set --state or HOLDFAST_STATE): %w", o.state, err)
 	}
 	log := logger()
-	ccfg := bulk.ClientConfig{TLS: id.ClientTLS(log), Node: id.Name, CC: o.cc, Logger: log}
+	ccfg := bulk.ClientConfig{TLS: id.ClientTLS(log), Node: id.Name, CC: o.cc, Logger: log,
+		// What each copy measured of its path, for the next copy to the
+		// same peer (bulk.PathMemoryTTL).
+		PathMemory: filepath.Join(o.state, "bulk-paths.json")}
 	if !o.noDiag && fetchFrom == "" {
 		// Every message's send and acknowledgement times, kernel
 		// timestamps and TCP_INFO go to the netdiag log, for 'holdfast

@@ -50,6 +50,12 @@ type ClientConfig struct {
 	CC string
 	// AssumedBandwidth sizes buffers before the path is known (bytes/s).
 	AssumedBandwidth float64
+	// PathMemory, when set, is a file where the client keeps what each
+	// transfer measured of its path (RTT, bandwidth) across processes: a
+	// transfer to a peer measured within PathMemoryTTL sizes its buffers,
+	// caps its sockets' pacing and starts its estimate from it, instead of
+	// a slow start that overshoots the path.
+	PathMemory string
 	// IdleTimeout closes pooled connections unused for this long.
 	IdleTimeout time.Duration
 	// Service, when set, serves fetches: the peer sends files back over
@@ -80,12 +86,6 @@ func (c ClientConfig) Validate() error {
 		return fmt.Errorf("bulk: unknown congestion control %q (want auto, cubic, bbr or reno)", c.CC)
 	}
 	return nil
-}
-
-// pathInfo is what earlier transfers learned about the path to a peer.
-type pathInfo struct {
-	rtt time.Duration
-	bw  float64
 }
 
 // Client sends transfers to peers over pools of primed connections. One
@@ -122,7 +122,14 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		cfg.CC = AutoCC()
 		log.Debug("congestion control chosen", "cc", cfg.CC)
 	}
-	c := &Client{cfg: cfg, log: log, idle: map[string][]*conn{}, paths: map[string]pathInfo{}, stop: make(chan struct{})}
+	paths := map[string]pathInfo{}
+	if cfg.PathMemory != "" {
+		var err error
+		if paths, err = loadPaths(cfg.PathMemory); err != nil {
+			log.Warn("ignoring the path memory", "err", err)
+		}
+	}
+	c := &Client{cfg: cfg, log: log, idle: map[string][]*conn{}, paths: paths, stop: make(chan struct{})}
 	go c.janitor()
 	return c, nil
 }
@@ -297,12 +304,35 @@ func (c *Client) release(peer string, cs []*conn) {
 	}
 }
 
-func (c *Client) learn(peer string, rtt time.Duration, bw float64) {
+// learn records what a transfer measured of the path to peer: its RTT
+// and, when bw > 0, its bandwidth (bytes per second) and the connections
+// that carried it.
+func (c *Client) learn(peer string, rtt time.Duration, bw float64, streams int) {
+	if rtt <= 0 {
+		return
+	}
+	now := time.Now()
+	c.mu.Lock()
+	if old, ok := c.paths[peer]; bw <= 0 && ok && old.bw > 0 {
+		bw, streams, now = old.bw, old.streams, old.at // keep the last measurement and its age
+	}
+	c.paths[peer] = pathInfo{rtt: rtt, bw: bw, streams: streams, at: now}
+	var err error
+	if c.cfg.PathMemory != "" {
+		err = savePaths(c.cfg.PathMemory, c.paths, time.Now())
+	}
+	c.mu.Unlock()
+	if err != nil {
+		c.log.Warn("path memory not saved", "err", err)
+	}
+}
+
+// path returns what is known of the path to peer.
+func (c *Client) path(peer string) (pathInfo, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if rtt > 0 && bw > 0 {
-		c.paths[peer] = pathInfo{rtt: rtt, bw: bw}
-	}
+	p, ok := c.paths[peer]
+	return p, ok
 }
 
 // dial opens and primes one connection to peer (see acquireOpts).
@@ -316,7 +346,7 @@ func (c *Client) dial(ctx context.Context, peer string, share int, ao acquireOpt
 	pi, known := c.paths[peer]
 	c.mu.Unlock()
 	bw := c.cfg.AssumedBandwidth
-	if known {
+	if known && pi.bw > 0 {
 		bw = pi.bw
 	}
 	// Before connect the RTT is unknown: size buffers for the RTT seen
@@ -414,9 +444,10 @@ func (c *Client) monitor(tcp *net.TCPConn, peer string) net.Conn {
 }
 
 // newEstimator returns the pacing estimator of a transfer.
-func newEstimator(opts Options) *pace.Estimator {
+func newEstimator(opts Options, remembered float64) *pace.Estimator {
 	cfg := pace.DefaultConfig()
 	cfg.Limit = opts.RateLimit
+	cfg.Remembered = remembered
 	// A sample spans at least four blocks: acknowledgements come a block
 	// at a time.
 	cfg.MinSampleBytes = 4 * int64(opts.BlockSize)

@@ -47,6 +47,10 @@ type connState struct {
 	accB     int64         // acknowledged bytes not yet in rate
 	accT     time.Duration // time with work not yet in rate
 	measured bool          // rate has been measured at least once
+	// tcpAcked is the socket's tcpi_bytes_acked at the last pacing tick
+	// (tcpSeen: it has been read once), for the transfer's delivery rate.
+	tcpAcked uint64
+	tcpSeen  bool
 }
 
 // Rate measurement.
@@ -419,7 +423,6 @@ func (t *transfer) onAck(st *connState, a ack) {
 	} else if t.recvLast.WriteNano == 0 {
 		t.recvLast = a
 	}
-	t.est.Delivered(now, t.acked)
 	t.cond.Broadcast()
 	t.mu.Unlock()
 	if t.opts.Tracer != nil {
@@ -658,6 +661,7 @@ func (t *transfer) schedule(rep *Report) {
 		live := t.liveLocked(now, stall)
 		if len(live) == 0 {
 			t.mu.Unlock()
+			t.dialing.Store(1)
 			cs, err := t.cl.acquire(t.ctx, t.peer, 1, acquireOpts{onDial: t.onDial})
 			if err != nil {
 				t.mu.Lock()
@@ -725,6 +729,7 @@ func (t *transfer) schedule(rep *Report) {
 		t.updatePacing(sub)
 		if grow > 0 {
 			adding = true
+			t.dialing.Store(int32(len(sub) + grow))
 			go func(n int) {
 				// Connections joining a paced transfer are not primed: the
 				// others keep the path full, and priming traffic goes
@@ -942,7 +947,15 @@ const kernelPacingOn = 1 << 40
 // priming: kernel pacing unless pacing is off, then the caller's OnDial.
 func (t *transfer) onDial(c *net.TCPConn) {
 	if !t.opts.NoPace {
-		_ = pace.SetSocketRate(c, kernelPacingOn)
+		v := float64(kernelPacingOn)
+		// On a path whose rate is known (remembered, or measured by this
+		// transfer) a new connection starts capped at its share of it, so
+		// neither its priming nor its slow start can push the aggregate
+		// over the path's rate.
+		if bw := t.est.Bandwidth(); bw > 0 {
+			v = math.Max(shareGain*bw/float64(max(int(t.dialing.Load()), 1)), pace.MinRate)
+		}
+		_ = pace.SetSocketRate(c, v)
 	}
 	if t.opts.OnDial != nil {
 		t.opts.OnDial(c)
@@ -953,12 +966,36 @@ func (t *transfer) onDial(c *net.TCPConn) {
 // each socket's SO_MAX_PACING_RATE to it.
 func (t *transfer) updatePacing(sub []*connState) {
 	now := time.Now()
+	t.mu.Lock()
+	all := make([]*connState, 0, len(t.conns))
+	selected := map[*connState]bool{}
+	for _, st := range t.conns {
+		if !st.dead {
+			all = append(all, st)
+			selected[st] = st.selected
+		}
+	}
+	t.mu.Unlock()
+	// The delivery rate comes from the bytes TCP saw acknowledged on every
+	// connection (tcpi_bytes_acked, counted from each one's first tick):
+	// acknowledged a segment at a time, it is smooth where the receiver's
+	// block acknowledgements come a megabyte at a time and in bunches,
+	// which made short samples overshoot the path by half.
 	var kernel float64
-	for _, st := range sub {
-		if info, err := tcpInfo(st.c.tcp); err == nil {
+	for _, st := range all {
+		info, err := tcpInfo(st.c.tcp)
+		if err != nil {
+			continue
+		}
+		if st.tcpSeen && info.Bytes_acked >= st.tcpAcked {
+			t.tcpDelivered += int64(info.Bytes_acked - st.tcpAcked)
+		}
+		st.tcpAcked, st.tcpSeen = info.Bytes_acked, true
+		if selected[st] {
 			kernel += float64(info.Delivery_rate)
 		}
 	}
+	t.est.Delivered(now, t.tcpDelivered)
 	t.est.KernelRate(now, kernel)
 	if t.opts.NoPace {
 		return
@@ -971,19 +1008,15 @@ func (t *transfer) updatePacing(sub []*connState) {
 	// Each socket gets SO_MAX_PACING_RATE, which also turns on the
 	// kernel's own TCP pacing (at about twice cwnd/RTT in slow start,
 	// 1.2x after), so a message's segments are spread rather than sent
-	// as one window-sized burst into a shallow queue. The cap is twice the
-	// socket's share of the estimate, and never below the whole estimate
-	// (a block is not spread over more time than the pacer gives it):
-	// loose enough that a connection can grow, while the userspace pacer,
-	// which follows the estimator's gain cycle, bounds the sum.
-	bw := t.est.Bandwidth()
-	if lim := t.opts.RateLimit; lim > 0 && (bw == 0 || bw > lim) {
-		bw = lim
-	}
-	if bw <= 0 {
-		bw = r
-	}
-	per := math.Max(math.Max(bw*2/float64(len(sub)), bw), pace.MinRate)
+	// as one window-sized burst into a shallow queue. The cap is the
+	// socket's share of the pacing rate (which follows the estimator's
+	// gain cycle) with shareGain of room: the sum of the caps is what
+	// bounds the aggregate at the bottleneck from one moment to the next,
+	// since the userspace pacer only spaces whole blocks. Caps of twice the
+	// share, or of the whole estimate per socket, let connections in slow
+	// start or with a fresh window burst above the path together (measured:
+	// more drops at a 32 KiB queue with pacing than without).
+	per := math.Max(shareGain*r/float64(len(sub)), pace.MinRate)
 	for _, st := range sub {
 		_ = pace.SetSocketRate(st.c.tcp, per)
 	}
@@ -1028,3 +1061,7 @@ func (t *transfer) progressLoop(start time.Time, total int64) {
 		}
 	}
 }
+
+// shareGain is the room each socket's pacing cap leaves above its share of
+// the pacing rate, for connections that lag to catch up.
+var shareGain = 1.25

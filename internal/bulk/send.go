@@ -158,7 +158,8 @@ type Report struct {
 	Sent               int64         `json:"bytes_sent"` // block bytes put on the wire (re-sends included)
 	Resumed            int64         `json:"bytes_resumed"`
 	Holes              int64         `json:"bytes_in_holes"`
-	Checksum           Checksum      `json:"checksum"` // per-block checksum
+	Remembered         float64       `json:"remembered_bandwidth_bytes_per_sec,omitempty"` // the path memory this transfer started from
+	Checksum           Checksum      `json:"checksum"`                                     // per-block checksum
 	Resent             int           `json:"blocks_resent"`
 	Seconds            float64       `json:"seconds"`
 	Goodput            float64       `json:"goodput_bits_per_sec"`
@@ -226,6 +227,8 @@ type transfer struct {
 	finished      bool         // no more blocks are taken
 	medRate       float64      // median measured connection rate (bytes/s)
 	paceWait      atomic.Int64 // ns workers spent waiting for pacing slots
+	dialing       atomic.Int32 // connections the transfer will have once those being dialled join
+	tcpDelivered  int64        // bytes TCP acknowledged on the transfer's connections (pacing tick only)
 	sending       int          // workers between taking a block and its Send returning
 	stopSends     context.CancelFunc
 	sendCtx       context.Context // ends pacer waits when the transfer finishes
@@ -361,9 +364,15 @@ func (t *transfer) run(ctx context.Context, entries []source, dst string, multi 
 		t.opts.NoPace = true
 		t.cl.log.Debug("loopback peer: not pacing", "peer", t.peer)
 	}
-	t.est = newEstimator(t.opts)
 	t.pacer = pace.NewPacer(t.opts.RateLimit)
 	rep := &Report{Peer: t.peer, Checksum: t.opts.Checksum, Entries: len(entries), Files: len(t.files), SlowStartAfterIdle: sysctlInt("net.ipv4.tcp_slow_start_after_idle")}
+	remembered := 0.0
+	if pi, ok := t.cl.path(t.peer); ok && pi.fresh(time.Now()) && !t.opts.NoPace && t.opts.RateLimit == 0 {
+		remembered = pi.bw
+		t.cl.log.Debug("pacing from the path's remembered bandwidth", "peer", t.peer, "mbit", pi.bw*8/1e6, "age", time.Since(pi.at).Round(time.Second))
+	}
+	t.est = newEstimator(t.opts, remembered)
+	rep.Remembered = remembered
 	for _, f := range t.files {
 		rep.Bytes += f.src.Size
 		f.n = numBlocks(f.src.Size, t.bs)
@@ -405,9 +414,15 @@ func (t *transfer) run(ctx context.Context, entries []source, dst string, multi 
 	want := t.opts.Streams
 	if want == 0 {
 		want = min(4, t.opts.MaxStreams)
+		// A path measured before starts with the connections that
+		// carried it (cubic on a lossy path needs dozens).
+		if pi, ok := t.cl.path(t.peer); ok && remembered > 0 && pi.streams > want {
+			want = min(pi.streams, t.opts.MaxStreams)
+		}
 	}
 	pooledBefore := t.cl.Pooled(t.peer)
 	t0 := time.Now()
+	t.dialing.Store(int32(want))
 	cs, err := t.cl.acquire(t.ctx, t.peer, want, acquireOpts{onDial: t.onDial})
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", t.peer, err)
@@ -509,7 +524,17 @@ func (t *transfer) run(ctx context.Context, entries []source, dst string, multi 
 		rep.Conns = append(rep.Conns, r)
 	}
 	if len(rep.Conns) > 0 {
-		t.cl.learn(t.peer, rep.Conns[0].Prime.RTT, rep.Pacing.Bandwidth)
+		// The bandwidth is worth remembering when it was measured over a
+		// paced copy long enough to fill the path and not held under a
+		// limit (an unpaced copy's rate is what its own losses left). It
+		// is the copy's goodput, not the estimator's last max-filtered
+		// sample: that window ends in the copy's tail, and its samples
+		// include bursts of acknowledgements above the path's rate.
+		bw := rep.Goodput / 8
+		if t.opts.RateLimit > 0 || t.opts.NoPace || time.Duration(rep.Seconds*float64(time.Second)) < 2*time.Second || rep.Sent < 16*int64(t.bs) {
+			bw = 0
+		}
+		t.cl.learn(t.peer, rep.Conns[0].Prime.RTT, bw, rep.MaxStreams)
 	}
 	rep.Errors = append(rep.Errors, t.errs...)
 	if t.fatal != nil {

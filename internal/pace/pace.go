@@ -82,6 +82,13 @@ type Config struct {
 	// time make short samples jumpy, and the max filter would keep their
 	// peaks, overestimating the path.
 	MinSampleBytes int64
+	// Remembered, when positive, is a bandwidth measured on the same path
+	// by an earlier transfer (bytes per second). The estimate starts there,
+	// as a sample that ages out of the window like any other, and the
+	// startup phase is skipped: a transfer that knows its path neither
+	// crawls up to it nor overshoots it (at a shallow bottleneck queue a
+	// startup above the path's rate is hundreds of drops).
+	Remembered float64
 }
 
 // DefaultConfig returns a configuration with the default window and interval
@@ -98,7 +105,7 @@ func (c Config) Validate() error {
 	if c.Window != 0 && c.Interval > c.Window {
 		return fmt.Errorf("pace: interval %v longer than window %v", c.Interval, c.Window)
 	}
-	if c.Limit < 0 || c.Initial < 0 {
+	if c.Limit < 0 || c.Initial < 0 || c.Remembered < 0 {
 		return errors.New("pace: limit and initial rate must not be negative")
 	}
 	return nil
@@ -133,6 +140,15 @@ type Estimator struct {
 	plateau   int
 	lastMax   float64
 	lastCheck time.Time
+	seed      float64 // Config.Remembered until it becomes a sample
+}
+
+// seedLocked turns the remembered bandwidth into a sample taken at now.
+func (e *Estimator) seedLocked(now time.Time) {
+	if e.seed > 0 {
+		e.samples = append(e.samples, sample{now, e.seed})
+		e.seed = 0
+	}
 }
 
 // startupGain is the gain while the estimate is still growing fast.
@@ -149,7 +165,12 @@ func NewEstimator(cfg Config) (*Estimator, error) {
 	if cfg.Interval == 0 {
 		cfg.Interval = DefaultInterval
 	}
-	return &Estimator{cfg: cfg, startup: true, probe: maxProbe, cruise: minCruise, phase: 2}, nil
+	e := &Estimator{cfg: cfg, startup: true, probe: maxProbe, cruise: minCruise, phase: 2}
+	if cfg.Remembered > 0 {
+		e.seed = cfg.Remembered // a sample from the first time seen
+		e.startup = false
+	}
+	return e, nil
 }
 
 // SetRTT tells the estimator the path's round-trip time; measuring intervals
@@ -181,6 +202,7 @@ func (e *Estimator) interval() time.Duration {
 func (e *Estimator) Delivered(now time.Time, total int64) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.seedLocked(now)
 	if e.start.IsZero() {
 		e.start, e.startB, e.last = now, total, total
 		return
@@ -246,7 +268,7 @@ func (e *Estimator) Bandwidth() float64 {
 }
 
 func (e *Estimator) bandwidthLocked() float64 {
-	bw := 0.0
+	bw := e.seed
 	for _, s := range e.samples {
 		bw = max(bw, s.rate)
 	}
@@ -262,6 +284,7 @@ func (e *Estimator) bandwidthLocked() float64 {
 func (e *Estimator) Rate(now time.Time) float64 {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.seedLocked(now)
 	bw := e.bandwidthLocked()
 	if bw > 0 {
 		if e.phaseAt.IsZero() {

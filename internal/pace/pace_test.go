@@ -214,3 +214,32 @@ func TestEstimatorProbingAdapts(t *testing.T) {
 		t.Fatalf("after a successful probe: probe %v cruise %d, want %v and %d", e.probe, e.cruise, maxProbe, minCruise)
 	}
 }
+
+// TestEstimatorRemembered starts from a bandwidth measured before: no
+// startup gain, the remembered rate at once, and it ages out of the window
+// when the path now delivers less.
+func TestEstimatorRemembered(t *testing.T) {
+	e, err := NewEstimator(Config{Window: time.Second, Interval: 100 * time.Millisecond, Remembered: 8e6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bw := e.Bandwidth(); bw != 8e6 {
+		t.Fatalf("bandwidth before any sample %v, want the remembered 8e6", bw)
+	}
+	now := time.Unix(1000, 0)
+	if r := e.Rate(now); r != 8e6 {
+		t.Fatalf("first rate %v, want 8e6 (no startup gain on a known path)", r)
+	}
+	var total int64
+	for i := 0; i < 30; i++ { // 3 s at 3 MB/s
+		now = now.Add(100 * time.Millisecond)
+		total += 300e3
+		e.Delivered(now, total)
+	}
+	if bw := e.Bandwidth(); bw > 3.5e6 {
+		t.Fatalf("bandwidth %v after 3 s at 3 MB/s, want the remembered 8e6 aged out", bw)
+	}
+	if _, err := NewEstimator(Config{Remembered: -1}); err == nil {
+		t.Error("a negative remembered rate was accepted")
+	}
+}
