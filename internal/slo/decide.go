@@ -54,6 +54,8 @@ type Decider struct {
 	obj        Objective
 	class      int
 	started    bool
+	startedAt  time.Time
+	startDone  int64 // Done at the first observation
 	changedAt  time.Time
 	aheadSince time.Time
 	// measureFrom is when the rate of the current class starts to count:
@@ -120,6 +122,7 @@ func (d *Decider) Observe(o Observation) Decision {
 	dec := Decision{From: d.class, To: d.class, Measured: -1}
 	if !d.started {
 		d.started = true
+		d.startedAt, d.startDone = o.Now, o.Done
 		d.changedAt = o.Now
 		d.measureFrom = o.Now.Add(d.p.Settle / 2)
 		d.samples = append(d.samples[:0], sample{o.Now, o.Done})
@@ -174,6 +177,13 @@ func (d *Decider) Observe(o Observation) Decision {
 		d.aheadSince = time.Time{}
 		if inClass < d.p.Settle {
 			dec.Reason = "behind, settling in the new class"
+			return dec
+		}
+		// A task that has not had its first data acknowledged yet (a
+		// paced copy's first blocks take a while over many connections)
+		// is not judged on a rate of zero until a whole window has passed.
+		if o.Done == d.startDone && o.Now.Sub(d.startedAt) < d.p.Settle+d.p.Window {
+			dec.Reason = "nothing acknowledged yet: waiting a window before judging"
 			return dec
 		}
 		// TCP may just have recovered from what it suffered before the

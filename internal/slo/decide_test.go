@@ -271,3 +271,40 @@ func TestDeciderMeasuresOverWindow(t *testing.T) {
 		t.Fatalf("measured %v bit/s, want 16e6", dec.Measured)
 	}
 }
+
+// TestDeciderWaitsForFirstProgress: a task whose first data takes a while
+// to be acknowledged is not raised on a rate of zero before a whole window
+// has passed, but one that stays at zero is raised after it.
+func TestDeciderWaitsForFirstProgress(t *testing.T) {
+	p := DefaultPolicy()
+	obj := Objective{Deadline: t0.Add(10 * p.Window)}
+	const total = 1 << 30
+	for _, tc := range []struct {
+		name  string
+		first time.Duration // when the first bytes are acknowledged (0: never)
+		raise bool
+	}{
+		{"first acknowledgement after half a window", p.Settle + p.Window/2, false},
+		{"nothing acknowledged at all", 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := NewDecider(obj, p)
+			var done int64
+			raisedAt := time.Duration(-1)
+			for el := time.Duration(0); el <= p.Settle+p.Window+2*p.Interval; el += p.Interval {
+				if tc.first > 0 && el >= tc.first {
+					done += total / 20 // far ahead once it moves
+				}
+				if dec := d.Observe(Observation{Now: t0.Add(el), Done: done, Total: total}); dec.Changed && dec.To > dec.From && raisedAt < 0 {
+					raisedAt = el
+				}
+			}
+			switch {
+			case tc.raise && raisedAt < p.Settle+p.Window:
+				t.Errorf("raised at %v, want not before settle+window %v", raisedAt, p.Settle+p.Window)
+			case !tc.raise && raisedAt >= 0:
+				t.Errorf("raised at %v although the task moved at %v", raisedAt, tc.first)
+			}
+		})
+	}
+}
