@@ -313,10 +313,10 @@ func (c *Client) learn(peer string, rtt time.Duration, bw float64, streams int) 
 	}
 	now := time.Now()
 	c.mu.Lock()
-	if old, ok := c.paths[peer]; bw <= 0 && ok && old.bw > 0 {
+	if old, ok := c.paths[c.pathKey(peer)]; bw <= 0 && ok && old.bw > 0 {
 		bw, streams, now = old.bw, old.streams, old.at // keep the last measurement and its age
 	}
-	c.paths[peer] = pathInfo{rtt: rtt, bw: bw, streams: streams, at: now}
+	c.paths[c.pathKey(peer)] = pathInfo{rtt: rtt, bw: bw, streams: streams, at: now}
 	var err error
 	if c.cfg.PathMemory != "" {
 		err = savePaths(c.cfg.PathMemory, c.paths, time.Now())
@@ -327,11 +327,22 @@ func (c *Client) learn(peer string, rtt time.Duration, bw float64, streams int) 
 	}
 }
 
+// pathKey names the path to peer in the path memory: the same path
+// measured under another congestion control is another path (cubic on a
+// lossy path needs many more connections than BBR).
+func (c *Client) pathKey(peer string) string {
+	cc := c.cfg.CC
+	if cc == "" {
+		cc = "default"
+	}
+	return peer + " " + cc
+}
+
 // path returns what is known of the path to peer.
 func (c *Client) path(peer string) (pathInfo, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	p, ok := c.paths[peer]
+	p, ok := c.paths[c.pathKey(peer)]
 	return p, ok
 }
 
@@ -343,7 +354,7 @@ func (c *Client) dial(ctx context.Context, peer string, share int, ao acquireOpt
 	c.mu.Lock()
 	c.nextID++
 	id := c.nextID
-	pi, known := c.paths[peer]
+	pi, known := c.paths[c.pathKey(peer)]
 	c.mu.Unlock()
 	bw := c.cfg.AssumedBandwidth
 	if known && pi.bw > 0 {

@@ -49,7 +49,7 @@ func TestPathMemoryAcrossClients(t *testing.T) {
 	}
 	// Entries past their time are dropped when the file is written.
 	b.mu.Lock()
-	b.paths["old:1"] = pathInfo{rtt: time.Millisecond, bw: 1e6, at: time.Now().Add(-2 * PathMemoryTTL)}
+	b.paths[b.pathKey("old:1")] = pathInfo{rtt: time.Millisecond, bw: 1e6, at: time.Now().Add(-2 * PathMemoryTTL)}
 	b.mu.Unlock()
 	b.learn("peer-3:7470", time.Millisecond, 1e6, 2)
 	got, err := loadPaths(file)
@@ -59,6 +59,16 @@ func TestPathMemoryAcrossClients(t *testing.T) {
 	if _, ok := got["old:1"]; ok || len(got) != 3 {
 		t.Errorf("saved memory %v: want peer-1..3 without the stale entry", got)
 	}
+
+	// The same peer under another congestion control is another path.
+	cub, err := NewClient(ClientConfig{TLS: tlsc, CC: "cubic", PathMemory: file, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, ok := cub.path("peer-1:7470"); ok {
+		t.Errorf("a cubic client got the path measured under the default: %+v", p)
+	}
+	cub.Close()
 
 	if err := os.WriteFile(file, []byte("{not json"), 0o600); err != nil {
 		t.Fatal(err)
