@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/user"
+	"runtime"
 	"time"
 
 	"github.com/zeebo/blake3"
@@ -115,6 +116,7 @@ type keyFile struct {
 }
 
 func deriveKEK(pass string, salt []byte, p KDFParams) [32]byte {
+	prefaultHeap(int(p.Memory) << 10)
 	var k [32]byte
 	copy(k[:], argon2.IDKey([]byte(pass), salt, p.Time, p.Memory, p.Threads, 32))
 	return k
@@ -201,3 +203,22 @@ func newMasterKey() (*masterKey, error) {
 
 // fileID names a repository file by the hash of its bytes.
 func fileID(b []byte) ID { return ID(blake3.Sum256(b)) }
+
+// prefaultHeap makes the Go heap hold n bytes of free memory that is
+// already mapped, so that argon2id's n-byte work area reuses it. Fresh
+// pages would be faulted in by argon2's four lanes, first read-only (the
+// zero page) and then copied on write, each copy flushing the TLBs of the
+// other threads: 0.08-0.12 s of system time per 32 MiB, against a few
+// milliseconds for the collection and the zeroing of reused memory.
+func prefaultHeap(n int) {
+	if n <= 0 || n > 1<<30 {
+		return
+	}
+	b := make([]byte, n)
+	for i := 0; i < len(b); i += 4096 {
+		b[i] = 1
+	}
+	runtime.KeepAlive(b)
+	b = nil
+	runtime.GC()
+}
