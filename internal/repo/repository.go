@@ -627,13 +627,8 @@ func (r *Repository) LoadBlob(ctx context.Context, id ID) ([]byte, error) {
 	return r.decodeBlobInPlace(loc, enc)
 }
 
-// decodeBlob decrypts and checks one stored blob; enc is its stored
-// object (for a grouped blob, its group's), which is left unchanged.
-func (r *Repository) decodeBlob(loc BlobLocation, enc []byte) ([]byte, error) {
-	return r.decodeBlobInPlace(loc, append([]byte(nil), enc...))
-}
-
-// decodeBlobInPlace is decodeBlob decrypting enc in place.
+// decodeBlobInPlace decrypts (in place) and checks one stored blob; enc
+// is its stored object (for a grouped blob, its group's).
 func (r *Repository) decodeBlobInPlace(loc BlobLocation, enc []byte) ([]byte, error) {
 	var c objectCache
 	plain, err := r.openBlobAt(&c, loc, enc)
