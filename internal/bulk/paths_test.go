@@ -1,11 +1,16 @@
 package bulk
 
 import (
+	"context"
+	"net"
 	"os"
 	"path/filepath"
+	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/holdfast/holdfast/internal/cluster"
+	"github.com/holdfast/holdfast/internal/lab"
 	"time"
 )
 
@@ -81,4 +86,79 @@ func TestPathMemoryAcrossClients(t *testing.T) {
 	if _, ok := c.path("peer-1:7470"); ok {
 		t.Error("a damaged path memory gave a path")
 	}
+}
+
+// TestPathMemoryStartsAKnownPath copies twice over a lab path with two
+// clients sharing a path memory file (two runs of holdfast cp): the second
+// copy starts from the first one's goodput and connection count, and its
+// connections are capped at their share of that rate from the moment they
+// connect, not left to slow start.
+func TestPathMemoryStartsAKnownPath(t *testing.T) {
+	lp := newLabPair(t, lab.Path{Rate: 40e6, Delay: 10 * time.Millisecond})
+	file := filepath.Join(t.TempDir(), "paths.json")
+	log := testLogger(t)
+	cli := lp.lab.Host(0)
+	dial := func(ctx context.Context, network, addr string, control func(string, string, syscall.RawConn) error) (net.Conn, error) {
+		return cli.DialWith(ctx, &net.Dialer{Control: control}, network, addr)
+	}
+	client := func() *Client {
+		c, err := NewClient(ClientConfig{TLS: lp.id.ClientTLS(log), Node: lp.id.Name, Logger: log, CC: "cubic", Dial: dial, PathMemory: file})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	src := filepath.Join(t.TempDir(), "f")
+	writeRandom(t, src, 12<<20) // about 2.5 s at 40 Mbit/s
+	first, err := client().SendFiles(context.Background(), lp.addr, []string{src}, "a", Options{BlockSize: 256 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.Remembered != 0 {
+		t.Fatalf("the first copy started from a remembered %v B/s", first.Remembered)
+	}
+	t.Logf("first copy: %.1f Mbit/s in %.1fs over %d connections", first.Goodput/1e6, first.Seconds, first.MaxStreams)
+
+	second := client()
+	var mu sync.Mutex
+	var caps []uint64
+	opts := Options{BlockSize: 256 << 10, OnConn: func(_ int, c *net.TCPConn) {
+		if info, err := tcpInfo(c); err == nil {
+			mu.Lock()
+			caps = append(caps, info.Max_pacing_rate)
+			mu.Unlock()
+		}
+	}}
+	rep, err := second.SendFiles(context.Background(), lp.addr, []string{src}, "b", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustEqualFile(t, filepath.Join(lp.root, "b"), mustRead(t, src))
+	want := first.Goodput / 8
+	t.Logf("second copy: started from %.1f Mbit/s, %.1f Mbit/s over %d connections; caps at start %v", rep.Remembered*8/1e6, rep.Goodput/1e6, rep.MaxStreams, caps)
+	if rep.Remembered < 0.99*want || rep.Remembered > 1.01*want {
+		t.Errorf("second copy started from %v B/s, want the first copy's goodput %v", rep.Remembered, want)
+	}
+	if rep.MaxStreams < first.MaxStreams {
+		t.Errorf("second copy used %d connections, fewer than the %d the path memory holds", rep.MaxStreams, first.MaxStreams)
+	}
+	n := max(first.MaxStreams, 4)
+	for _, c := range caps {
+		if c == 0 || float64(c) > 1.01*shareGain*want/float64(min(n, len(caps)))+1 {
+			t.Errorf("a connection started with SO_MAX_PACING_RATE %d, want its share of %v B/s (%d connections)", c, want, n)
+		}
+	}
+	if len(caps) == 0 {
+		t.Error("no connection reported")
+	}
+}
+
+func mustRead(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
