@@ -235,10 +235,10 @@ func newInitCommand() *cobra.Command {
 		},
 	}
 	f.add(cmd)
-	cmd.Flags().IntVar(&avg, "chunk-size", 0, "average chunk size in bytes, a power of two (default 1 MiB)")
+	cmd.Flags().IntVar(&avg, "chunk-size", 0, "average chunk size in bytes, a power of two (default 512 KiB)")
 	cmd.Flags().IntVar(&packMiB, "pack-size", 0, "target pack file size in MiB (default 16)")
 	cmd.Flags().Uint32Var(&kdfMem, "kdf-memory", 0, "argon2id memory in KiB (default 32768)")
-	cmd.Flags().StringVar(&compression, "compression", "default", "zstd level for data: fastest (1), default (3), better (7) or off")
+	cmd.Flags().StringVar(&compression, "compression", "default", "zstd level for data: fastest (1), default (1 with small files compressed together; 3 in repositories made before format 2), better (7) or off")
 	return cmd
 }
 
