@@ -66,25 +66,49 @@ type Summary struct {
 	Warnings        []string  `json:"warnings,omitempty"`
 }
 
-// future is a node whose content is still being saved.
-type future struct {
-	done chan struct{}
-	node *Node
-	skip bool // the entry could not be read and is left out
-	err  error
+// dirState is a directory whose entries are being saved. pending counts
+// the work still out for it: its own scan, each batch of files handed to
+// the file workers and each subdirectory. Whoever brings it to zero saves
+// the directory's tree and reports to the parent (release), so no
+// goroutine waits for a directory's entries one by one: on a tree of many
+// small files that cost a goroutine wake-up per file.
+type dirState struct {
+	node     *Node // nil for the snapshot's root
+	prev     *Node // the directory in the parent snapshot
+	prevTree *Tree
+	// nodes has one slot per entry, in the order read (by name); nil for
+	// an entry left out (excluded or unreadable).
+	nodes   []*Node
+	pending atomic.Int64
+	parent  *dirState
+	done    chan struct{} // the root's: closed when every entry is saved
 }
 
-func doneFuture(n *Node) *future {
-	f := &future{done: make(chan struct{}), node: n}
-	close(f.done)
-	return f
-}
-
-type fileJob struct {
+// fileItem is a file to read, at slot of its directory's nodes.
+type fileItem struct {
+	slot int
 	path string
-	fut  *future
 	prev bool // a parent version existed
 }
+
+// fileJob is a batch of files of one directory, read by one file worker.
+type fileJob struct {
+	d     *dirState
+	items []fileItem
+}
+
+// fileBatch collects a directory's files until a batch is full.
+type fileBatch struct {
+	items []fileItem
+	bytes int64
+}
+
+// A batch of files handed to a file worker holds at most batchFiles files
+// or about batchBytes bytes (a file at or above batchBytes goes alone).
+const (
+	batchFiles = 32
+	batchBytes = 1 << 20
+)
 
 type blobJob struct {
 	id   ID
@@ -145,6 +169,10 @@ const smallFile = 1 << 20
 // testHookBackupBeforeSnapshot runs after all data is stored and before the
 // snapshot is written (tests use it to hold a backup in flight).
 var testHookBackupBeforeSnapshot func()
+
+// testHookBeforeRead runs in a file worker before it opens path (tests use
+// it to make files vanish or to cancel a backup midway).
+var testHookBeforeRead func(path string)
 
 // Backup saves paths as a new snapshot. It holds a shared lock for its
 // duration. If some entries could not be read the snapshot is still saved
@@ -235,10 +263,11 @@ func (r *Repository) backup(ctx context.Context, paths []string, opts BackupOpti
 	stopProgress := a.startProgress()
 
 	// Build the root tree: one entry per path, named by its base name.
-	root := &Tree{}
-	var futs []*future
+	rootDir := &dirState{done: make(chan struct{}), nodes: make([]*Node, len(abs))}
+	rootDir.pending.Store(1)
+	var batch fileBatch
 	used := map[string]int{}
-	for _, p := range abs {
+	for i, p := range abs {
 		fi, err := os.Lstat(p)
 		if err != nil {
 			a.warn(p, err)
@@ -252,16 +281,12 @@ func (r *Repository) backup(ctx context.Context, paths []string, opts BackupOpti
 			name = fmt.Sprintf("%s-%d", name, c)
 		}
 		used[filepath.Base(p)]++
-		futs = append(futs, a.walk(p, name, fi, parentRoot.Find(name)))
+		a.addEntry(rootDir, i, p, name, fi, parentRoot.Find(name), &batch)
 	}
-	for _, f := range futs {
-		<-f.done
-		if f.err != nil {
-			a.setFail(f.err)
-		} else if !f.skip {
-			root.Nodes = append(root.Nodes, f.node)
-		}
-	}
+	a.flush(rootDir, &batch)
+	a.release(rootDir)
+	<-rootDir.done
+	root := &Tree{Nodes: present(rootDir.nodes)}
 	close(a.files)
 	fileWG.Wait()
 	close(a.blobs)
@@ -446,15 +471,18 @@ func (a *archiver) unchanged(prev, n *Node) bool {
 	return true
 }
 
-// walk saves the entry at path (with name in its tree) and returns a
-// future for its node. prev is the entry's node in the parent snapshot.
-func (a *archiver) walk(path, name string, fi os.FileInfo, prev *Node) *future {
+// addEntry saves the entry at path, slot of directory d's entries, named
+// name in d's tree. prev is the entry's node in the parent snapshot. A
+// file to read joins batch (sent to the file workers when full); a
+// directory is scanned by a walker goroutine if one is free, else inline.
+func (a *archiver) addEntry(d *dirState, slot int, path, name string, fi os.FileInfo, prev *Node, batch *fileBatch) {
 	n, err := nodeFromInfo(path, fi, a.names)
 	if err != nil {
 		a.warn(path, err)
-		return &future{done: closedChan, skip: true}
+		return
 	}
 	n.Name = name
+	d.nodes[slot] = n
 	switch n.Type {
 	case NodeFile:
 		a.totalBytes.Add(n.Size)
@@ -462,60 +490,81 @@ func (a *archiver) walk(path, name string, fi os.FileInfo, prev *Node) *future {
 			n.Content = prev.Content
 			a.filesUnmod.Add(1)
 			a.filesDone.Add(1)
-			return doneFuture(n)
+			return
 		}
-		f := &future{done: make(chan struct{}), node: n}
-		select {
-		case a.files <- fileJob{path: path, fut: f, prev: prev != nil}:
-		case <-a.ctx.Done():
-			f.err = a.ctx.Err()
-			close(f.done)
+		batch.items = append(batch.items, fileItem{slot: slot, path: path, prev: prev != nil})
+		batch.bytes += n.Size
+		if len(batch.items) >= batchFiles || batch.bytes >= batchBytes {
+			a.flush(d, batch)
 		}
-		return f
 	case NodeDir:
-		return a.walkDir(path, n, prev)
+		a.dirs.Add(1)
+		sub := &dirState{node: n, prev: prev, parent: d}
+		sub.pending.Store(1)
+		d.pending.Add(1)
+		select {
+		case a.walkers <- struct{}{}:
+			go func() {
+				a.scanDir(path, sub)
+				<-a.walkers
+			}()
+		default:
+			// Hand on what this directory has collected before
+			// descending, so the workers need not wait for the subtree.
+			a.flush(d, batch)
+			a.scanDir(path, sub)
+		}
 	}
-	return doneFuture(n)
 }
 
-var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
-
-// walkDir saves a directory. Directories are read by up to walkers
-// goroutines at once (a directory is read inline when all are busy), so
-// that metadata system calls overlap.
-func (a *archiver) walkDir(path string, n *Node, prev *Node) *future {
-	a.dirs.Add(1)
-	f := &future{done: make(chan struct{}), node: n}
+// flush hands d's collected files to the file workers as one job.
+func (a *archiver) flush(d *dirState, batch *fileBatch) {
+	if len(batch.items) == 0 {
+		return
+	}
+	job := fileJob{d: d, items: batch.items}
+	*batch = fileBatch{}
+	d.pending.Add(1)
 	select {
-	case a.walkers <- struct{}{}:
-		go func() {
-			children, prevTree := a.scanDir(path, prev)
-			<-a.walkers
-			a.finishDir(f, n, children, prev, prevTree)
-		}()
-	default:
-		children, prevTree := a.scanDir(path, prev)
-		go a.finishDir(f, n, children, prev, prevTree)
+	case a.files <- job:
+	case <-a.ctx.Done():
+		a.setFail(a.ctx.Err())
+		a.release(d)
 	}
-	return f
 }
 
-// scanDir reads a directory and starts saving its entries. It returns
-// their futures and the directory's tree in the parent snapshot, if any.
-func (a *archiver) scanDir(path string, prev *Node) ([]*future, *Tree) {
-	var prevTree *Tree
-	if prev != nil && prev.Type == NodeDir && prev.Subtree != nil {
-		t, err := a.r.LoadTree(a.ctx, *prev.Subtree)
+// release drops one unit of d's outstanding work; the last one completes
+// d: its tree is saved (unless the backup failed) and its parent released.
+func (a *archiver) release(d *dirState) {
+	if d.pending.Add(-1) != 0 {
+		return
+	}
+	if d.done != nil {
+		close(d.done)
+		return
+	}
+	if a.failed() == nil && a.ctx.Err() == nil {
+		a.saveDirTree(d)
+	}
+	a.release(d.parent)
+}
+
+// scanDir reads directory d at path and hands off its entries.
+func (a *archiver) scanDir(path string, d *dirState) {
+	defer a.release(d) // the scan's own unit of work
+	if d.prev != nil && d.prev.Type == NodeDir && d.prev.Subtree != nil {
+		t, err := a.r.LoadTree(a.ctx, *d.prev.Subtree)
 		if err == nil {
-			prevTree = t
+			d.prevTree = t
 		}
 	}
 	ents, err := os.ReadDir(path)
 	if err != nil {
 		a.warn(path, err)
 	}
-	var children []*future
-	for _, e := range ents {
+	d.nodes = make([]*Node, len(ents))
+	var batch fileBatch
+	for i, e := range ents {
 		if a.ctx.Err() != nil {
 			break
 		}
@@ -528,38 +577,37 @@ func (a *archiver) scanDir(path string, prev *Node) ([]*future, *Tree) {
 			a.warn(cp, err)
 			continue
 		}
-		children = append(children, a.walk(cp, e.Name(), fi, prevTree.Find(e.Name())))
+		a.addEntry(d, i, cp, e.Name(), fi, d.prevTree.Find(e.Name()), &batch)
 	}
-	return children, prevTree
+	a.flush(d, &batch)
 }
 
-// finishDir waits for a directory's entries and saves its tree. A tree
-// equal to the one in the parent snapshot (prev's subtree, prevTree) is
-// not encoded and saved again: its ID is reused.
-func (a *archiver) finishDir(f *future, n *Node, children []*future, prev *Node, prevTree *Tree) {
-	defer close(f.done)
-	t := &Tree{Nodes: make([]*Node, 0, len(children))}
-	for _, c := range children {
-		<-c.done
-		if c.err != nil {
-			f.err = c.err
-			return
-		}
-		if !c.skip {
-			t.Nodes = append(t.Nodes, c.node)
+// present returns the nodes that are not nil.
+func present(nodes []*Node) []*Node {
+	out := make([]*Node, 0, len(nodes))
+	for _, n := range nodes {
+		if n != nil {
+			out = append(out, n)
 		}
 	}
-	if prevTree != nil && a.r.idx.has(*prev.Subtree) && sameNodes(t.Nodes, prevTree.Nodes) {
-		id := *prev.Subtree
-		n.Subtree = &id
+	return out
+}
+
+// saveDirTree saves a directory's tree. A tree equal to the one in the
+// parent snapshot is not encoded and saved again: its ID is reused.
+func (a *archiver) saveDirTree(d *dirState) {
+	t := &Tree{Nodes: present(d.nodes)}
+	if d.prevTree != nil && a.r.idx.has(*d.prev.Subtree) && sameNodes(t.Nodes, d.prevTree.Nodes) {
+		id := *d.prev.Subtree
+		d.node.Subtree = &id
 		return
 	}
 	id, err := a.saveTree(t)
 	if err != nil {
-		f.err = err
+		a.setFail(err)
 		return
 	}
-	n.Subtree = &id
+	d.node.Subtree = &id
 }
 
 func (a *archiver) saveTree(t *Tree) (ID, error) {
@@ -580,23 +628,29 @@ func (a *archiver) saveTree(t *Tree) (ID, error) {
 
 func (a *archiver) fileWorker() {
 	for job := range a.files {
-		err := a.saveFile(job)
-		if err != nil {
+		for _, it := range job.items {
 			if a.ctx.Err() != nil || a.pw.getErr() != nil {
-				job.fut.err = errors.Join(a.ctx.Err(), a.pw.getErr(), err)
-			} else {
-				a.warn(job.path, err)
-				job.fut.skip = true
+				a.setFail(errors.Join(a.ctx.Err(), a.pw.getErr()))
+				break
 			}
-		} else {
+			err := a.saveFile(it.path, job.d.nodes[it.slot])
+			if err != nil {
+				if a.ctx.Err() != nil || a.pw.getErr() != nil {
+					a.setFail(errors.Join(a.ctx.Err(), a.pw.getErr(), err))
+					break
+				}
+				a.warn(it.path, err)
+				job.d.nodes[it.slot] = nil
+				continue
+			}
 			a.filesDone.Add(1)
-			if job.prev {
+			if it.prev {
 				a.filesChanged.Add(1)
 			} else {
 				a.filesNew.Add(1)
 			}
 		}
-		close(job.fut.done)
+		a.release(job.d)
 	}
 }
 
@@ -634,17 +688,22 @@ func readFD(fd int, b []byte) (int, error) {
 	}
 }
 
-func (a *archiver) saveFile(job fileJob) error {
-	fd, err := openNoAtime(job.path)
+// saveFile reads the file at path and stores its content, setting n's
+// Content and Size (the bytes actually read).
+func (a *archiver) saveFile(path string, n *Node) error {
+	if testHookBeforeRead != nil {
+		testHookBeforeRead(path)
+	}
+	fd, err := openNoAtime(path)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(fd)
-	statSize := job.fut.node.Size
+	statSize := n.Size
 	// Small files are read into a small buffer and stored by this worker
 	// directly; a file that turns out larger switches to a big buffer and
 	// hands its chunks to the blob workers.
-	small := job.fut.node.Size < smallFile
+	small := n.Size < smallFile
 	var bp *[]byte
 	if small {
 		bp = a.sbufs.Get().(*[]byte)
@@ -682,7 +741,7 @@ func (a *archiver) saveFile(job fileJob) error {
 			want := len(buf) - end
 			k, err := readFD(fd, buf[end:])
 			if err != nil {
-				return &os.PathError{Op: "read", Path: job.path, Err: err}
+				return &os.PathError{Op: "read", Path: path, Err: err}
 			}
 			end += k
 			size += int64(k)
@@ -704,7 +763,7 @@ func (a *archiver) saveFile(job fileJob) error {
 		start += cut
 		id := a.r.blobID(chunk)
 		content = append(content, id)
-		if !a.r.idx.reserve(id) {
+		if !a.r.idx.reserve(id, a.pw) {
 			continue
 		}
 		a.dataBlobs.Add(1)
@@ -729,8 +788,8 @@ func (a *archiver) saveFile(job fileJob) error {
 			}
 		}
 	}
-	job.fut.node.Size = size
-	job.fut.node.Content = content
+	n.Size = size
+	n.Content = content
 	return nil
 }
 

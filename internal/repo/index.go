@@ -178,15 +178,15 @@ type memIndex struct {
 	mu      sync.RWMutex
 	blobs   map[ID]BlobLocation
 	packs   map[ID]*IndexPack
-	pending map[ID]struct{}
-	files   map[ID]struct{} // index files loaded
+	pending map[ID]*packWriter // blobs being stored, by the writer storing them
+	files   map[ID]struct{}    // index files loaded
 }
 
 func newMemIndex() *memIndex {
 	return &memIndex{
 		blobs:   make(map[ID]BlobLocation),
 		packs:   make(map[ID]*IndexPack),
-		pending: make(map[ID]struct{}),
+		pending: make(map[ID]*packWriter),
 		files:   make(map[ID]struct{}),
 	}
 }
@@ -226,8 +226,9 @@ func (m *memIndex) has(id ID) bool {
 	return ok
 }
 
-// reserve marks id as being stored; false means someone already has it.
-func (m *memIndex) reserve(id ID) bool {
+// reserve marks id as being stored by w; false means someone already has
+// it.
+func (m *memIndex) reserve(id ID, w *packWriter) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, ok := m.blobs[id]; ok {
@@ -236,8 +237,21 @@ func (m *memIndex) reserve(id ID) bool {
 	if _, ok := m.pending[id]; ok {
 		return false
 	}
-	m.pending[id] = struct{}{}
+	m.pending[id] = w
 	return true
+}
+
+// dropPending forgets the blobs w reserved and did not store (its backup
+// failed or was cancelled), so that a later backup through the same
+// Repository stores them instead of referring to blobs never written.
+func (m *memIndex) dropPending(w *packWriter) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for id, o := range m.pending {
+		if o == w {
+			delete(m.pending, id)
+		}
+	}
 }
 
 // allPacks returns a copy of the pack list.

@@ -125,7 +125,7 @@ func (w *packWriter) saveBlob(t BlobType, id ID, plain []byte) (bool, error) {
 	if len(plain) > MaxBlobSize {
 		return false, fmt.Errorf("blob of %d bytes above limit", len(plain))
 	}
-	if !w.r.idx.reserve(id) {
+	if !w.r.idx.reserve(id, w) {
 		return false, nil
 	}
 	bp, enc := w.r.sealBlob(plain)
@@ -396,6 +396,7 @@ func (w *packWriter) finish() error {
 	close(w.uploads)
 	w.wg.Wait()
 	if err := errors.Join(w.getErr(), sendErr); err != nil {
+		w.r.idx.dropPending(w)
 		return err
 	}
 	if w.noIndex {
@@ -427,6 +428,7 @@ func (w *packWriter) abort() {
 	w.mu.Unlock()
 	close(w.uploads)
 	w.wg.Wait()
+	w.r.idx.dropPending(w)
 	// Index what was stored, so that the next backup reuses it.
 	if !w.noIndex {
 		if err := w.flushIndexCtx(context.WithoutCancel(w.ctx)); err != nil {
