@@ -77,11 +77,12 @@ cp -a "$(go env GOROOT)" "$DATA_GO"
 DATA_GEN="$BENCH_DIR/data/gen"
 (cd "$ROOT" && go run ./bench/backup/gen -dir "$DATA_GEN" -size "$GEN_MIB") >&2
 
-# timed LABEL CMD...: runs CMD, appends "LABEL seconds maxrss_kb user sys" to $TIMES.
+# timed LABEL CMD...: runs CMD, appends "LABEL seconds maxrss_kb user sys
+# voluntary_switches involuntary_switches" to $TIMES.
 timed() {
 	local label=$1
 	shift
-	/usr/bin/time -f "%e %M %U %S" -o "$BENCH_DIR/time.out" bash -c '"$@"' _ "$@" >"$BENCH_DIR/cmd.out" 2>&1 || {
+	/usr/bin/time -f "%e %M %U %S %w %c" -o "$BENCH_DIR/time.out" bash -c '"$@"' _ "$@" >"$BENCH_DIR/cmd.out" 2>&1 || {
 		echo "run.sh: $label failed: $*" >&2
 		cat "$BENCH_DIR/cmd.out" >&2
 		exit 1
@@ -136,15 +137,18 @@ run_tool() { # tool dataset dir run
 	local size peak
 	size=$(du -sb "$repo" | cut -f1)
 	peak=$(awk 'BEGIN{m=0} {if ($3>m) m=$3} END{print m}' "$TIMES")
-	while read -r label secs rss usr sys; do
+	while read -r label secs rss usr sys vcs ivcs; do
 		printf '%s\t%s\t%s\t%s\t%s\n' "$ds" "$tool" "$run" "$label" "$secs" >>"$RESULTS"
 		printf '%s\t%s\t%s\t%s\t%s\n' "$ds" "$tool" "$run" "${label}_cpu" "$(echo "$usr + $sys" | bc)" >>"$RESULTS"
 		printf '%s\t%s\t%s\t%s\t%s\n' "$ds" "$tool" "$run" "${label}_user" "$usr" >>"$RESULTS"
+		printf '%s\t%s\t%s\t%s\t%s\n' "$ds" "$tool" "$run" "${label}_sys" "$sys" >>"$RESULTS"
+		printf '%s\t%s\t%s\t%s\t%s\n' "$ds" "$tool" "$run" "${label}_vcs" "$vcs" >>"$RESULTS"
+		printf '%s\t%s\t%s\t%s\t%s\n' "$ds" "$tool" "$run" "${label}_ivcs" "$ivcs" >>"$RESULTS"
 	done <"$TIMES"
 	printf '%s\t%s\t%s\t%s\t%s\n' "$ds" "$tool" "$run" repo_bytes "$size" >>"$RESULTS"
 	printf '%s\t%s\t%s\t%s\t%s\n' "$ds" "$tool" "$run" peak_rss_kb "$peak" >>"$RESULTS"
 	rm -rf "$repo"
-	echo "   $ds $tool run $run: $(awk '{printf "%s %ss %sKB cpu %s+%s; ", $1, $2, $3, $4, $5}' "$TIMES")size $size" >&2
+	echo "   $ds $tool run $run: $(awk '{printf "%s %ss %sKB cpu %s+%s cs %s/%s; ", $1, $2, $3, $4, $5, $6, $7}' "$TIMES")size $size" >&2
 }
 
 for run in $(seq 1 "$RUNS"); do
@@ -235,6 +239,8 @@ metrics = [("initial", "initial backup (s)"), ("unchanged", "backup, no change (
            ("changed1pct", "backup, 1% files changed (s)"), ("restore", "full restore (s)"),
            ("repo_bytes", "repository size (MiB)"), ("peak_rss_kb", "peak memory (MiB)"),
            ("initial_cpu", "initial backup, CPU (s)"), ("initial_user", "  of which user (s)"),
+           ("initial_sys", "  of which system (s)"),
+           ("initial_vcs", "  voluntary ctx switches"), ("initial_ivcs", "  involuntary ctx switches"),
            ("unchanged_cpu", "no-change backup, CPU (s)"),
            ("restore_cpu", "full restore, CPU (s)")]
 for ds, title in (("go", "Go toolchain tree (GOROOT)"), ("gen", "generated set")):
