@@ -111,6 +111,18 @@ func TestPathMemoryStartsAKnownPath(t *testing.T) {
 	}
 	src := filepath.Join(t.TempDir(), "f")
 	writeRandom(t, src, 12<<20) // about 2.5 s at 40 Mbit/s
+	defer func(d time.Duration) { minLearnTime = d }(minLearnTime)
+	minLearnTime = 2 * time.Second
+	// A short copy measures mostly its own startup: not remembered.
+	small := filepath.Join(t.TempDir(), "small")
+	writeRandom(t, small, 1<<20)
+	c0 := client()
+	if _, err := c0.SendFiles(context.Background(), lp.addr, []string{small}, "s", Options{BlockSize: 64 << 10}); err != nil {
+		t.Fatal(err)
+	}
+	if p, ok := c0.path(lp.addr); !ok || p.bw != 0 {
+		t.Fatalf("after a short copy the path memory holds %+v (%v), want its RTT and no bandwidth", p, ok)
+	}
 	first, err := client().SendFiles(context.Background(), lp.addr, []string{src}, "a", Options{BlockSize: 256 << 10})
 	if err != nil {
 		t.Fatal(err)
