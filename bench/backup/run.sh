@@ -18,13 +18,15 @@
 #
 # Usage: bench/backup/run.sh   (env: RUNS=3 GEN_MIB=2048 AGING=1 BENCH_DIR=/var/tmp/holdfast-bench-backup
 #                              HF_BIN=prebuilt holdfast binary, else built from this tree;
-#                              HF_OLD_BIN=an older holdfast binary, shown as "hf old")
+#                              HF_OLD_BIN=an older holdfast binary, shown as "hf old";
+#                              WARM=0: do not read the data into the page cache before each tool)
 set -euo pipefail
 
 RUNS=${RUNS:-3}
 GEN_MIB=${GEN_MIB:-2048}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/holdfast-bench-backup}
 AGING=${AGING:-1}
+WARM=${WARM:-1}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 
 for tool in restic borg go python3; do
@@ -124,6 +126,11 @@ run_tool() { # tool dataset dir run
 	retire "$target"
 	TIMES="$BENCH_DIR/times-$tool"
 	: >"$TIMES"
+	# borg create drops the files it reads from the page cache
+	# (posix_fadvise DONTNEED), so the tool after it read the data from
+	# disk and the others from memory; read the data first so that every
+	# tool starts with it cached (WARM=0 leaves the cache as it is).
+	[ "$WARM" = 1 ] && find "$dir" -type f -exec cat {} + >/dev/null
 	"${tool}_init" "$repo" >/dev/null 2>&1
 	sync
 	timed initial "${tool}_backup" "$repo" "$dir"
