@@ -459,9 +459,12 @@ func newEstimator(opts Options, remembered float64) *pace.Estimator {
 	cfg := pace.DefaultConfig()
 	cfg.Limit = opts.RateLimit
 	cfg.Remembered = remembered
-	// A sample spans at least four blocks: acknowledgements come a block
-	// at a time.
-	cfg.MinSampleBytes = 4 * int64(opts.BlockSize)
+	// Samples come from the bytes TCP acknowledged, a segment at a time:
+	// one RTT is enough (four blocks were needed while they came from the
+	// receiver's block acknowledgements, and at a few hundred Mbit/s that
+	// stretched each sample over several RTTs, so the startup phase saw
+	// too little growth per sample and ended early).
+	cfg.MinSampleBytes = 64 << 10
 	e, _ := pace.NewEstimator(cfg)
 	return e
 }

@@ -141,6 +141,8 @@ type Estimator struct {
 	lastMax   float64
 	lastCheck time.Time
 	seed      float64 // Config.Remembered until it becomes a sample
+	added     int     // samples taken so far
+	checked   int     // added at the last startup check
 }
 
 // seedLocked turns the remembered bandwidth into a sample taken at now.
@@ -247,6 +249,7 @@ func (e *Estimator) addLocked(now time.Time, rate float64) {
 		return
 	}
 	e.samples = append(e.samples, sample{now, rate})
+	e.added++
 	cut := 0
 	for cut < len(e.samples) && now.Sub(e.samples[cut].at) > e.cfg.Window {
 		cut++
@@ -291,8 +294,11 @@ func (e *Estimator) Rate(now time.Time) float64 {
 			e.phaseAt = now
 		}
 		if e.startup {
-			if now.Sub(e.lastCheck) >= e.interval() {
-				e.lastCheck = now
+			// A check counts only when a sample came since the last one:
+			// samples span at least an interval and come on the caller's
+			// ticks, so checks without one would end startup early.
+			if now.Sub(e.lastCheck) >= e.interval() && e.added > e.checked {
+				e.lastCheck, e.checked = now, e.added
 				if bw >= 1.25*e.lastMax {
 					e.lastMax, e.plateau = bw, 0
 				} else if e.plateau++; e.plateau >= 3 {

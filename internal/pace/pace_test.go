@@ -243,3 +243,32 @@ func TestEstimatorRemembered(t *testing.T) {
 		t.Error("a negative remembered rate was accepted")
 	}
 }
+
+// TestEstimatorStartupCountsSamples: startup ends after three samples
+// without growth, not three checks; samples that span longer than an
+// interval (MinSampleBytes) must not end it early.
+func TestEstimatorStartupCountsSamples(t *testing.T) {
+	e, _ := NewEstimator(Config{Window: 10 * time.Second, Interval: 100 * time.Millisecond, MinSampleBytes: 1e6})
+	now := time.Unix(1000, 0)
+	var total int64
+	e.Delivered(now, total)
+	// 2.5 MB/s: a 1 MB sample every 400 ms, a check every 100 ms.
+	for i := 0; i < 18; i++ { // 0.9 s: two samples
+		now = now.Add(50 * time.Millisecond)
+		total += 125e3
+		e.Delivered(now, total)
+		e.Rate(now)
+	}
+	if r, bw := e.Rate(now), e.Bandwidth(); r < 1.9*bw {
+		t.Fatalf("after two samples the rate is %v for %v measured: startup (2x) ended on checks without samples", r, bw)
+	}
+	for i := 0; i < 40; i++ { // 2 s more: five samples without growth
+		now = now.Add(50 * time.Millisecond)
+		total += 125e3
+		e.Delivered(now, total)
+		e.Rate(now)
+	}
+	if r, bw := e.Rate(now), e.Bandwidth(); r > 1.3*bw {
+		t.Fatalf("rate %v for %v measured after samples without growth: startup should have ended", r, bw)
+	}
+}
