@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"slices"
@@ -95,6 +96,7 @@ type Client struct {
 	cfg ClientConfig
 	log *slog.Logger
 
+	saveMu sync.Mutex // held while the path memory is written
 	mu     sync.Mutex
 	idle   map[string][]*conn
 	paths  map[string]pathInfo
@@ -312,17 +314,23 @@ func (c *Client) learn(peer string, rtt time.Duration, bw float64, streams int) 
 		return
 	}
 	now := time.Now()
+	key := c.pathKey(peer)
+	// saveMu orders the file writes; the client's lock is not held over
+	// the disk.
+	c.saveMu.Lock()
+	defer c.saveMu.Unlock()
 	c.mu.Lock()
-	if old, ok := c.paths[c.pathKey(peer)]; bw <= 0 && ok && old.bw > 0 {
+	if old, ok := c.paths[key]; bw <= 0 && ok && old.bw > 0 {
 		bw, streams, now = old.bw, old.streams, old.at // keep the last measurement and its age
 	}
-	c.paths[c.pathKey(peer)] = pathInfo{rtt: rtt, bw: bw, streams: streams, at: now}
-	var err error
-	if c.cfg.PathMemory != "" {
-		err = savePaths(c.cfg.PathMemory, c.paths, time.Now())
+	c.paths[key] = pathInfo{rtt: rtt, bw: bw, streams: streams, at: now}
+	if c.cfg.PathMemory == "" {
+		c.mu.Unlock()
+		return
 	}
+	snap := maps.Clone(c.paths)
 	c.mu.Unlock()
-	if err != nil {
+	if err := savePaths(c.cfg.PathMemory, snap, time.Now()); err != nil {
 		c.log.Warn("path memory not saved", "err", err)
 	}
 }

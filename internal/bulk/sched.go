@@ -966,13 +966,15 @@ func (t *transfer) onDial(c *net.TCPConn) {
 // each socket's SO_MAX_PACING_RATE to it.
 func (t *transfer) updatePacing(sub []*connState) {
 	now := time.Now()
+	type live struct {
+		st       *connState
+		selected bool
+	}
 	t.mu.Lock()
-	all := make([]*connState, 0, len(t.conns))
-	selected := map[*connState]bool{}
+	all := make([]live, 0, len(t.conns))
 	for _, st := range t.conns {
 		if !st.dead {
-			all = append(all, st)
-			selected[st] = st.selected
+			all = append(all, live{st, st.selected})
 		}
 	}
 	t.mu.Unlock()
@@ -980,9 +982,10 @@ func (t *transfer) updatePacing(sub []*connState) {
 	// connection (tcpi_bytes_acked, counted from each one's first tick):
 	// acknowledged a segment at a time, it is smooth where the receiver's
 	// block acknowledgements come a megabyte at a time and in bunches,
-	// which made short samples overshoot the path by half.
+	// which made short samples overshoot the path.
 	var kernel float64
-	for _, st := range all {
+	for _, l := range all {
+		st := l.st
 		info, err := tcpInfo(st.c.tcp)
 		if err != nil {
 			continue
@@ -991,7 +994,7 @@ func (t *transfer) updatePacing(sub []*connState) {
 			t.tcpDelivered += int64(info.Bytes_acked - st.tcpAcked)
 		}
 		st.tcpAcked, st.tcpSeen = info.Bytes_acked, true
-		if selected[st] {
+		if l.selected {
 			kernel += float64(info.Delivery_rate)
 		}
 	}
@@ -1064,4 +1067,4 @@ func (t *transfer) progressLoop(start time.Time, total int64) {
 
 // shareGain is the room each socket's pacing cap leaves above its share of
 // the pacing rate, for connections that lag to catch up.
-var shareGain = 1.25
+const shareGain = 1.25

@@ -371,7 +371,8 @@ func (t *transfer) run(ctx context.Context, entries []source, dst string, multi 
 	t.pacer = pace.NewPacer(t.opts.RateLimit)
 	rep := &Report{Peer: t.peer, Checksum: t.opts.Checksum, Entries: len(entries), Files: len(t.files), SlowStartAfterIdle: sysctlInt("net.ipv4.tcp_slow_start_after_idle")}
 	remembered := 0.0
-	if pi, ok := t.cl.path(t.peer); ok && pi.fresh(time.Now()) && !t.opts.NoPace && t.opts.RateLimit == 0 {
+	pi, known := t.cl.path(t.peer)
+	if known && pi.fresh(time.Now()) && !t.opts.NoPace && t.opts.RateLimit == 0 {
 		remembered = pi.bw
 		t.cl.log.Debug("pacing from the path's remembered bandwidth", "peer", t.peer, "mbit", pi.bw*8/1e6, "age", time.Since(pi.at).Round(time.Second))
 	}
@@ -422,7 +423,7 @@ func (t *transfer) run(ctx context.Context, entries []source, dst string, multi 
 		// carried it (cubic on a lossy path needs dozens). Not under BBR,
 		// which fills a path with a few: started with the dozen an earlier
 		// copy had grown to, copies got 10-15% less (bulk scenario 1).
-		if pi, ok := t.cl.path(t.peer); ok && remembered > 0 && pi.streams > want && t.cl.cfg.CC != "bbr" {
+		if remembered > 0 && pi.streams > want && t.cl.cfg.CC != "bbr" {
 			want = min(pi.streams, t.opts.MaxStreams)
 		}
 	}
